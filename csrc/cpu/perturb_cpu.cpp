@@ -1,0 +1,142 @@
+// CPU kernel of ssir_fast::perturb:  out = clip(x + epsilon * g / ||g||_2, lo, hi), per row.
+//
+// Work is cut into chunks of at most kChunk elements that never cross a row, so both many short
+// rows ([4096, 128]) and a few long ones ([256, 3*224*224]) spread over all threads.
+// Pass 1 reads g once per chunk and writes one partial sum of squares; the per-row scale
+// epsilon / ||g|| is formed serially (N * chunks_per_row values); pass 2 reads x and g and writes
+// out once: 4 tensor passes in all. Inner loops are plain and branch-free so the compiler
+// vectorises them; accumulation is float (double for float64), chunk totals are summed in double.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ops.h"
+#include "perturb_common.h"
+
+namespace ssir_fast {
+namespace {
+
+constexpr int64_t kChunk = 1 << 14;
+constexpr int kLanes = 16;  // independent accumulators: lets the compiler vectorise the sum
+
+template <typename scalar_t, typename acc_t>
+double sum_squares(const scalar_t* g, int64_t n) {
+  acc_t acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const acc_t v = static_cast<acc_t>(g[i + l]);
+      acc[l] += v * v;
+    }
+  }
+  double total = 0;
+  for (; i < n; ++i) {
+    const double v = static_cast<double>(g[i]);
+    total += v * v;
+  }
+  for (int l = 0; l < kLanes; ++l) total += static_cast<double>(acc[l]);
+  return total;
+}
+
+template <typename scalar_t, typename acc_t, bool kClip>
+void scale_add_clip(const scalar_t* x, const scalar_t* g, scalar_t* out, int64_t n, acc_t scale,
+                    acc_t lo, acc_t hi) {
+  for (int64_t i = 0; i < n; ++i) {
+    acc_t v = static_cast<acc_t>(x[i]) + scale * static_cast<acc_t>(g[i]);
+    if (kClip) v = std::min(std::max(v, lo), hi);
+    out[i] = static_cast<scalar_t>(v);
+  }
+}
+
+template <typename scalar_t>
+void perturb_rows(const at::Tensor& x, const at::Tensor& g, double epsilon, const ClipBounds& cb,
+                  at::Tensor& out) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const int64_t N = x.size(0), L = x.size(1);
+  if (N == 0 || L == 0) return;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* gp = g.const_data_ptr<scalar_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  const int64_t cpr = (L + kChunk - 1) / kChunk;  // chunks per row
+  const int64_t tasks = N * cpr;
+
+  std::vector<double> partial(tasks);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t row = t / cpr, start = (t % cpr) * kChunk;
+      partial[t] = sum_squares<scalar_t, acc_t>(gp + row * L + start, std::min(kChunk, L - start));
+    }
+  });
+  std::vector<acc_t> scale(N);
+  for (int64_t row = 0; row < N; ++row) {
+    double s = 0;
+    for (int64_t c = 0; c < cpr; ++c) s += partial[row * cpr + c];
+    // A zero gradient gives no direction: r = 0, never 0/0.
+    scale[row] = s > 0 ? static_cast<acc_t>(epsilon / std::sqrt(s)) : acc_t(0);
+  }
+
+  const float* lo = cb.has_clip ? cb.lo.const_data_ptr<float>() : nullptr;
+  const float* hi = cb.has_clip ? cb.hi.const_data_ptr<float>() : nullptr;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t row = t / cpr;
+      int64_t j = (t % cpr) * kChunk;
+      const int64_t stop = std::min(j + kChunk, L);
+      const int64_t base = row * L;
+      if (!cb.has_clip) {
+        scale_add_clip<scalar_t, acc_t, false>(xp + base + j, gp + base + j, op + base + j,
+                                               stop - j, scale[row], 0, 0);
+        continue;
+      }
+      // Walk the chunk in runs of one channel so the bounds are loop constants.
+      while (j < stop) {
+        const int64_t c = cb.nc == 1 ? 0 : (j / cb.inner) % cb.nc;
+        const int64_t run_end = cb.nc == 1 ? stop : std::min(stop, (j / cb.inner + 1) * cb.inner);
+        scale_add_clip<scalar_t, acc_t, true>(xp + base + j, gp + base + j, op + base + j,
+                                              run_end - j, scale[row], static_cast<acc_t>(lo[c]),
+                                              static_cast<acc_t>(hi[c]));
+        j = run_end;
+      }
+    }
+  });
+}
+
+void perturb_kernel_cpu(const at::Tensor& x, const at::Tensor& g, double epsilon,
+                        const ClipBounds& cb, at::Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "perturb_cpu", [&] {
+    perturb_rows<scalar_t>(x, g, epsilon, cb, out);
+  });
+}
+
+}  // namespace
+
+at::Tensor perturb_cpu(const at::Tensor& x, const at::Tensor& g, double epsilon,
+                       const std::optional<at::Tensor>& clip_min,
+                       const std::optional<at::Tensor>& clip_max) {
+  return perturb_functional<perturb_kernel_cpu>(x, g, epsilon, clip_min, clip_max);
+}
+
+void perturb_inplace_cpu(at::Tensor& x, const at::Tensor& g, double epsilon,
+                         const std::optional<at::Tensor>& clip_min,
+                         const std::optional<at::Tensor>& clip_max) {
+  perturb_inplace_impl<perturb_kernel_cpu>(x, g, epsilon, clip_min, clip_max);
+}
+
+void perturb_out_cpu(const at::Tensor& x, const at::Tensor& g, double epsilon,
+                     const std::optional<at::Tensor>& clip_min,
+                     const std::optional<at::Tensor>& clip_max, at::Tensor& out) {
+  perturb_out_impl<perturb_kernel_cpu>(x, g, epsilon, clip_min, clip_max, out);
+}
+
+}  // namespace ssir_fast
+
+TORCH_LIBRARY_IMPL(ssir_fast, CPU, m) {
+  m.impl("perturb", &ssir_fast::perturb_cpu);
+  m.impl("perturb_", &ssir_fast::perturb_inplace_cpu);
+  m.impl("perturb_out", &ssir_fast::perturb_out_cpu);
+}

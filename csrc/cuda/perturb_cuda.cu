@@ -1,0 +1,202 @@
+// CUDA kernels of ssir_fast::perturb:  out = clip(x + epsilon * g / ||g||_2, lo, hi), per row.
+//
+// Two launches, deterministic (no atomics):
+//  1. row_sumsq: grid (chunks_per_row, N). Block (c, n) reduces the squares of chunk c of row n
+//     (kChunk elements; an image row of 150,528 floats is split over 19 blocks) with 16-byte loads
+//     on the aligned body and scalar head/tail, warp shuffles + one shared-memory stage, and writes
+//     one fp32 partial to partial[n, c].
+//  2. scale_add_clip: same grid. Each block first sums its row's partials (a few values), forms
+//     scale = epsilon / ||g|| (0 for a zero row), then makes one fused pass over its chunk:
+//     read x and g, write out, with the same vector/head/tail split.
+// Traffic: g twice, x once, out once (4 passes). All math in fp32 (fp64 for double inputs).
+// Clip flags are template parameters so the unclipped path carries no per-element branches.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "cuda_utils.cuh"
+#include "ops.h"
+#include "perturb_common.h"
+
+int ssir_fast_cuda_runtime_version_compiled() { return CUDART_VERSION; }
+
+namespace ssir_fast {
+namespace {
+
+using cuda::AccType;
+using cuda::Vec;
+using cuda::vec_width;
+
+constexpr int kThreads = 256;
+constexpr int64_t kChunk = 8192;  // elements per block; a multiple of every vector width
+
+// Applies fn(index_in_row, element_offset) to every element of [begin, end) of a row, with
+// 16-byte vectors on the aligned body; `fn_vec(offset)` handles kVec elements at once.
+// With vec = false every element takes the scalar path.
+template <typename T, typename Scalar, typename Vector>
+__device__ __forceinline__ void for_chunk(const T* row_ptr, int64_t begin, int64_t end, bool vec,
+                                          Scalar fn, Vector fn_vec) {
+  constexpr int kVec = vec_width<T>();
+  int64_t head = vec ? cuda::head_to_alignment(row_ptr + begin) : end - begin;
+  if (head > end - begin) head = end - begin;
+  const int64_t body_begin = begin + head;
+  const int64_t nvec = (end - body_begin) / kVec;
+  const int64_t tail_begin = body_begin + nvec * kVec;
+  for (int64_t i = begin + threadIdx.x; i < body_begin; i += blockDim.x) fn(i);
+  for (int64_t v = threadIdx.x; v < nvec; v += blockDim.x) fn_vec(body_begin + v * kVec);
+  for (int64_t i = tail_begin + threadIdx.x; i < end; i += blockDim.x) fn(i);
+}
+
+template <typename T>
+__global__ void row_sumsq_kernel(const T* __restrict__ g, int64_t L, int64_t cpr,
+                                 typename AccType<T>::type* __restrict__ partial) {
+  using acc_t = typename AccType<T>::type;
+  constexpr int kVec = vec_width<T>();
+  __shared__ acc_t smem[32];
+  const int64_t row = blockIdx.x / cpr, c = blockIdx.x % cpr;
+  const int64_t begin = c * kChunk, end = min(begin + kChunk, L);
+  const T* gr = g + row * L;
+  acc_t acc = 0;
+  for_chunk<T>(
+      gr, begin, end, true,
+      [&](int64_t i) {
+        const acc_t v = static_cast<acc_t>(gr[i]);
+        acc += v * v;
+      },
+      [&](int64_t i) {
+        const Vec<T, kVec> gv = *reinterpret_cast<const Vec<T, kVec>*>(gr + i);
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) {
+          const acc_t v = static_cast<acc_t>(gv.v[k]);
+          acc += v * v;
+        }
+      });
+  acc = cuda::block_sum(acc, smem);
+  if (threadIdx.x == 0) partial[row * cpr + c] = acc;
+}
+
+template <typename T, bool kClip, bool kPerChannel>
+__global__ void scale_add_clip_kernel(const T* __restrict__ x, const T* g, T* out, int64_t L,
+                                      int64_t cpr, const typename AccType<T>::type* partial,
+                                      double epsilon, const float* __restrict__ lo,
+                                      const float* __restrict__ hi, int64_t nc, int64_t inner,
+                                      bool vec) {
+  using acc_t = typename AccType<T>::type;
+  constexpr int kVec = vec_width<T>();
+  __shared__ acc_t smem[32];
+  const int64_t row = blockIdx.x / cpr, c = blockIdx.x % cpr;
+  acc_t s = 0;
+  for (int64_t k = threadIdx.x; k < cpr; k += blockDim.x) s += partial[row * cpr + k];
+  s = cuda::block_sum(s, smem);
+  // A zero gradient gives no direction: r = 0, never 0/0.
+  const acc_t scale = s > 0 ? static_cast<acc_t>(epsilon) / sqrt(s) : acc_t(0);
+
+  const int64_t begin = c * kChunk, end = min(begin + kChunk, L);
+  const T* xr = x + row * L;
+  const T* gr = g + row * L;
+  T* orow = out + row * L;
+  const acc_t lo0 = kClip ? static_cast<acc_t>(lo[0]) : acc_t(0);
+  const acc_t hi0 = kClip ? static_cast<acc_t>(hi[0]) : acc_t(0);
+  auto apply = [&](int64_t i, T xv, T gv) -> T {
+    acc_t v = static_cast<acc_t>(xv) + scale * static_cast<acc_t>(gv);
+    if (kClip) {
+      acc_t l = lo0, h = hi0;
+      if (kPerChannel) {
+        const int64_t ch = (i / inner) % nc;
+        l = static_cast<acc_t>(lo[ch]);
+        h = static_cast<acc_t>(hi[ch]);
+      }
+      v = fmin(fmax(v, l), h);
+    }
+    return static_cast<T>(v);
+  };
+  for_chunk<T>(
+      xr, begin, end, vec, [&](int64_t i) { orow[i] = apply(i, xr[i], gr[i]); },
+      [&](int64_t i) {
+        const Vec<T, kVec> xv = *reinterpret_cast<const Vec<T, kVec>*>(xr + i);
+        const Vec<T, kVec> gv = *reinterpret_cast<const Vec<T, kVec>*>(gr + i);
+        Vec<T, kVec> ov;
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) ov.v[k] = apply(i + k, xv.v[k], gv.v[k]);
+        *reinterpret_cast<Vec<T, kVec>*>(orow + i) = ov;
+      });
+}
+
+template <typename T>
+void launch(const at::Tensor& x, const at::Tensor& g, double epsilon, const ClipBounds& cb,
+            at::Tensor& out) {
+  using acc_t = typename AccType<T>::type;
+  const int64_t N = x.size(0), L = x.size(1);
+  if (N == 0 || L == 0) return;
+  const int64_t cpr = (L + kChunk - 1) / kChunk;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor partial = at::empty({N, cpr}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  TORCH_CHECK(N * cpr < (int64_t(1) << 31), "perturb (CUDA): tensor too large for one launch");
+  const dim3 grid(static_cast<unsigned>(N * cpr));  // block b: row b / cpr, chunk b % cpr
+
+  // The vector path needs x, g and out to share their misalignment; fresh allocations are
+  // 512-byte aligned, so this only fails for offset views, which then take the scalar path.
+  const T* xp = x.const_data_ptr<T>();
+  const T* gp = g.const_data_ptr<T>();
+  T* op = out.mutable_data_ptr<T>();
+  const auto mis = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16; };
+  const bool vec = mis(xp) == mis(gp) && mis(xp) == mis(op);
+  row_sumsq_kernel<T><<<grid, kThreads, 0, stream>>>(gp, L, cpr, partial.mutable_data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  const float* lo = cb.has_clip ? cb.lo.const_data_ptr<float>() : nullptr;
+  const float* hi = cb.has_clip ? cb.hi.const_data_ptr<float>() : nullptr;
+  const acc_t* pp = partial.const_data_ptr<acc_t>();
+#define SSIR_LAUNCH(CLIP, PC)                                                                  \
+  scale_add_clip_kernel<T, CLIP, PC><<<grid, kThreads, 0, stream>>>(xp, gp, op, L, cpr, pp,   \
+                                                                    epsilon, lo, hi, cb.nc,    \
+                                                                    cb.inner, vec)
+  if (!cb.has_clip) {
+    SSIR_LAUNCH(false, false);
+  } else if (cb.nc == 1) {
+    SSIR_LAUNCH(true, false);
+  } else {
+    SSIR_LAUNCH(true, true);
+  }
+#undef SSIR_LAUNCH
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void perturb_kernel_cuda(const at::Tensor& x, const at::Tensor& g, double epsilon,
+                         const ClipBounds& cb, at::Tensor& out) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "perturb_cuda", [&] {
+    launch<scalar_t>(x, g, epsilon, cb, out);
+  });
+}
+
+}  // namespace
+
+at::Tensor perturb_cuda(const at::Tensor& x, const at::Tensor& g, double epsilon,
+                        const std::optional<at::Tensor>& clip_min,
+                        const std::optional<at::Tensor>& clip_max) {
+  return perturb_functional<perturb_kernel_cuda>(x, g, epsilon, clip_min, clip_max);
+}
+
+void perturb_inplace_cuda(at::Tensor& x, const at::Tensor& g, double epsilon,
+                          const std::optional<at::Tensor>& clip_min,
+                          const std::optional<at::Tensor>& clip_max) {
+  perturb_inplace_impl<perturb_kernel_cuda>(x, g, epsilon, clip_min, clip_max);
+}
+
+void perturb_out_cuda(const at::Tensor& x, const at::Tensor& g, double epsilon,
+                      const std::optional<at::Tensor>& clip_min,
+                      const std::optional<at::Tensor>& clip_max, at::Tensor& out) {
+  perturb_out_impl<perturb_kernel_cuda>(x, g, epsilon, clip_min, clip_max, out);
+}
+
+}  // namespace ssir_fast
+
+TORCH_LIBRARY_IMPL(ssir_fast, CUDA, m) {
+  m.impl("perturb", &ssir_fast::perturb_cuda);
+  m.impl("perturb_", &ssir_fast::perturb_inplace_cuda);
+  m.impl("perturb_out", &ssir_fast::perturb_out_cuda);
+}

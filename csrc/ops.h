@@ -1,0 +1,26 @@
+// C++ entry points of the ssir_fast kernels, for C++ users and the ctest test.
+// Python users call them through torch.ops.ssir_fast.* (see ssir_fast/ops.py).
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#ifdef SSIR_FAST_WITH_CUDA
+int ssir_fast_cuda_runtime_version_compiled();
+#endif
+
+namespace ssir_fast {
+
+int64_t cuda_version();
+
+// ---- perturb: clip(x + epsilon * g / ||g||_2, clip_min, clip_max) ---------------------------
+at::Tensor perturb_cpu(const at::Tensor& x, const at::Tensor& g, double epsilon,
+                       const std::optional<at::Tensor>& clip_min,
+                       const std::optional<at::Tensor>& clip_max);
+void perturb_inplace_cpu(at::Tensor& x, const at::Tensor& g, double epsilon,
+                         const std::optional<at::Tensor>& clip_min,
+                         const std::optional<at::Tensor>& clip_max);
+void perturb_out_cpu(const at::Tensor& x, const at::Tensor& g, double epsilon,
+                     const std::optional<at::Tensor>& clip_min,
+                     const std::optional<at::Tensor>& clip_max, at::Tensor& out);
+
+}  // namespace ssir_fast

@@ -1,0 +1,125 @@
+"""Build script for the ssir_fast C++/CUDA extension (`ssir_fast._C`).
+
+Build with the torch you already have installed:
+
+    pip install --no-build-isolation -e .
+
+Environment switches
+--------------------
+SSIR_FAST_FORCE_CPU=1   build the CPU kernels only, even with a CUDA torch and nvcc present.
+SSIR_FAST_FORCE_CUDA=1  require the CUDA kernels; fail with a clear message if torch is a CPU build
+                        or nvcc cannot be found.
+CUDA_HOME               CUDA toolkit root; falls back to the directory of `nvcc` on PATH, then
+                        /usr/local/cuda.
+TORCH_CUDA_ARCH_LIST    GPU architectures to compile for. When no GPU is visible (a build machine),
+                        defaults to "8.0;9.0+PTX" instead of torch's detection, which needs a GPU.
+SSIR_FAST_DEBUG=1       -O0 -g builds.
+
+The CPU kernels are always built. CUDA sources are added when torch is a CUDA build and nvcc is found,
+whether or not a GPU is visible.
+"""
+import glob
+import os
+import re
+import shutil
+import subprocess
+
+from setuptools import setup
+
+import torch
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _find_cuda_home():
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return home
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    return None
+
+
+def _nvcc_version(cuda_home):
+    out = subprocess.check_output([os.path.join(cuda_home, "bin", "nvcc"), "--version"], text=True)
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _want_cuda():
+    force_cpu, force_cuda = _flag("SSIR_FAST_FORCE_CPU"), _flag("SSIR_FAST_FORCE_CUDA")
+    if force_cpu and force_cuda:
+        raise RuntimeError("SSIR_FAST_FORCE_CPU and SSIR_FAST_FORCE_CUDA are both set; choose one.")
+    if force_cpu:
+        return False
+    cuda_home = _find_cuda_home()
+    problem = None
+    if torch.version.cuda is None:
+        problem = f"torch {torch.__version__} is a CPU build (torch.version.cuda is None)"
+    elif cuda_home is None:
+        problem = "nvcc was not found (set CUDA_HOME or put nvcc on PATH)"
+    if problem:
+        if force_cuda:
+            raise RuntimeError(f"SSIR_FAST_FORCE_CUDA=1 but {problem}.")
+        print(f"ssir_fast: building CPU kernels only: {problem}.")
+        return False
+    nv = _nvcc_version(cuda_home)
+    torch_major = int(torch.version.cuda.split(".")[0])
+    if nv is not None and nv[0] != torch_major:
+        raise RuntimeError(
+            f"nvcc in {cuda_home} is CUDA {nv[0]}.{nv[1]} but torch {torch.__version__} was built "
+            f"with CUDA {torch.version.cuda}; the major versions must match. Point CUDA_HOME at a "
+            f"CUDA {torch_major}.x toolkit or set SSIR_FAST_FORCE_CPU=1.")
+    os.environ["CUDA_HOME"] = cuda_home
+    import torch.utils.cpp_extension as cpp_ext
+    cpp_ext.CUDA_HOME = cuda_home  # the module read CUDA_HOME at import time
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+    return True
+
+
+def _write_build_info(with_cuda):
+    with open(os.path.join(HERE, "ssir_fast", "_build_info.py"), "w") as f:
+        f.write("# Written by setup.py: the torch this extension was compiled against.\n")
+        f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
+        f.write(f"TORCH_CUDA = {torch.version.cuda!r}\n")
+        f.write(f"WITH_CUDA = {with_cuda!r}\n")
+
+
+def _extension():
+    with_cuda = _want_cuda()
+    _write_build_info(with_cuda)
+    sources = ["csrc/ssir_fast.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    debug = _flag("SSIR_FAST_DEBUG")
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = opt + ["-std=c++17", "-fopenmp"]
+    # One binary for several Python versions: only the empty PyInit stub touches Python's C API.
+    macros = [("Py_LIMITED_API", "0x030A0000")]
+    kwargs = dict(name="ssir_fast._C", include_dirs=[os.path.join(HERE, "csrc")],
+                  extra_link_args=["-fopenmp"], py_limited_api=True)
+    if with_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        nvcc = opt + ["-std=c++17", "--use_fast_math", "-lineinfo"]
+        # cuBLAS/cuSPARSE headers of the pip CUDA wheels, for headers that want them.
+        site_inc = os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "include")
+        if os.path.isdir(site_inc):
+            kwargs["include_dirs"].append(os.path.abspath(site_inc))
+        return CUDAExtension(sources=sources, define_macros=macros + [("SSIR_FAST_WITH_CUDA", None)],
+                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
+    return CppExtension(sources=sources, define_macros=macros, extra_compile_args={"cxx": cxx},
+                        **kwargs)
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)

@@ -1,0 +1,7 @@
+"""Fused operators. Each op has a module named after it holding its Python wrapper, its fake
+(meta) kernel for torch.compile, its autograd formula and its pure-PyTorch fallback; the C++
+schema is in csrc/ssir_fast.cpp, the kernels in csrc/cpu/<op>_cpu.cpp and csrc/cuda/<op>_cuda.cu,
+the float64 reference in ssir_fast/reference.py."""
+from .perturb import perturb
+
+__all__ = ["perturb"]

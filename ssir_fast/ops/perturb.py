@@ -1,0 +1,152 @@
+"""The SSIR perturbation update (SPEC 3.1).
+
+    out_i = clip(x_i + epsilon * g_i / ||g_i||_2, clip_min, clip_max)
+
+with the norm taken per sample i over all non-batch dims. A row with ||g_i|| = 0 gets no
+perturbation (out_i = clip(x_i)), never NaN. Math is fp32 for fp32/fp16/bf16 inputs (fp64 for
+fp64). Kernels: csrc/cpu/perturb_cpu.cpp, csrc/cuda/perturb_cuda.cu.
+"""
+import numbers
+
+import torch
+
+from .._extension import HAS_EXTENSION
+from ._common import require_finite_nonneg, require_float_dtype, require_same, require_tensor
+
+__all__ = ["perturb", "perturb_torch"]
+
+
+def _bound(value, name, x):
+    """A clip bound as None or a float32 tensor of shape [] or [C] on x's device."""
+    if value is None:
+        return None
+    if isinstance(value, numbers.Real):
+        v = float(value)
+        if v != v:
+            raise ValueError(f"{name} is NaN")
+        return torch.tensor(v, dtype=torch.float32, device=x.device)
+    require_tensor(value, name)
+    if value.dim() > 1 or (value.numel() != 1 and (x.dim() < 2 or value.numel() != x.shape[1])):
+        channels = x.shape[1] if x.dim() >= 2 else 0
+        raise ValueError(f"{name} must be a float, a 1-element tensor or a per-channel tensor of "
+                         f"shape [C] = [{channels}] for x of shape {tuple(x.shape)}, got shape "
+                         f"{tuple(value.shape)}")
+    if value.device != x.device:
+        value = value.to(x.device)
+    return value.to(torch.float32).reshape(-1) if value.dim() else value.to(torch.float32)
+
+
+def _check_order(lo, hi):
+    # Only checked for host tensors: a device-side check would synchronise every call.
+    if lo is not None and hi is not None and lo.device.type == "cpu" and bool((lo > hi).any()):
+        raise ValueError(f"clip_min must be <= clip_max, got clip_min={lo.tolist()} and "
+                         f"clip_max={hi.tolist()}")
+
+
+def perturb(x, g, epsilon, clip_min=None, clip_max=None, out=None):
+    """clip(x + epsilon * g / ||g||_2, clip_min, clip_max), norm per sample (dim 0 is the batch).
+
+    Args:
+        x: inputs [N, ...], float32/float16/bfloat16/float64.
+        g: gradient direction, same shape, dtype and device as x.
+        epsilon: perturbation radius, finite and >= 0 (||out - x||_2 <= epsilon before clipping).
+        clip_min, clip_max: None, a float, or a per-channel tensor of shape [C] for x [N, C, ...].
+        out: optional output tensor; may be `x` itself (in-place update).
+
+    Returns the perturbed tensor (contiguous, or `out`). Differentiable w.r.t. x and g.
+    """
+    require_tensor(x, "x")
+    require_tensor(g, "g")
+    if x.dim() < 1:
+        raise ValueError("x must have a batch dimension, got a 0-dim tensor")
+    require_float_dtype(x, "x")
+    require_same(x, g, "x", "g")
+    epsilon = require_finite_nonneg(epsilon, "epsilon")
+    lo, hi = _bound(clip_min, "clip_min", x), _bound(clip_max, "clip_max", x)
+    _check_order(lo, hi)
+    if out is not None:
+        require_tensor(out, "out")
+        if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+            raise ValueError(f"out must match x in shape, dtype and device, got out "
+                             f"{tuple(out.shape)} {out.dtype} on {out.device} for x "
+                             f"{tuple(x.shape)} {x.dtype} on {x.device}")
+    if not HAS_EXTENSION:
+        result = perturb_torch(x, g, epsilon, lo, hi)
+        return result if out is None else out.copy_(result)
+    if out is None:
+        return torch.ops.ssir_fast.perturb.default(x, g, epsilon, lo, hi)
+    if out is x:
+        torch.ops.ssir_fast.perturb_.default(x, g, epsilon, lo, hi)
+    else:
+        torch.ops.ssir_fast.perturb_out.default(x, g, epsilon, lo, hi, out)
+    return out
+
+
+def _channel_view(bound, x):
+    """Reshape a [] or [C] bound so it broadcasts against x [N, C, ...]."""
+    if bound is None or bound.numel() == 1:
+        return bound.reshape(()) if bound is not None else None
+    return bound.reshape((1, -1) + (1,) * (x.dim() - 2))
+
+
+def perturb_torch(x, g, epsilon, clip_min=None, clip_max=None):
+    """Eager PyTorch version of `perturb` (the fallback and the benchmark baseline).
+
+    Takes bounds already converted by `_bound` (None or float32 tensors)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    n = x.shape[0]
+    norm = g.reshape(n, -1).to(acc).norm(dim=1) if n else g.new_zeros(0, dtype=acc)
+    scale = torch.where(norm > 0, epsilon / norm, torch.zeros_like(norm))
+    v = x.to(acc) + scale.reshape((-1,) + (1,) * (x.dim() - 1)) * g.to(acc)
+    lo, hi = _channel_view(clip_min, x), _channel_view(clip_max, x)
+    if lo is not None or hi is not None:
+        v = torch.clamp(v, lo, hi)
+    return v.to(x.dtype).contiguous()
+
+
+# ---- torch.compile support and autograd ---------------------------------------------------
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("ssir_fast::perturb")
+    def _perturb_fake(x, g, epsilon, clip_min, clip_max):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("ssir_fast::perturb_")
+    def _perturb_inplace_fake(x, g, epsilon, clip_min, clip_max):
+        return None
+
+    @torch.library.register_fake("ssir_fast::perturb_out")
+    def _perturb_out_fake(x, g, epsilon, clip_min, clip_max, out):
+        return None
+
+    def _setup_context(ctx, inputs, output):
+        x, g, epsilon, clip_min, clip_max = inputs
+        ctx.save_for_backward(x, g, clip_min, clip_max)
+        ctx.epsilon = epsilon
+
+    def _backward(ctx, grad):
+        """d out / d x = m (the clip mask); d out / d g = m * (eps/||g||) (I - u u^T), u = g/||g||."""
+        x, g, clip_min, clip_max = ctx.saved_tensors
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        n = x.shape[0]
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        gf = g.to(acc)
+        norm = gf.reshape(n, -1).norm(dim=1)
+        safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+        scale = torch.where(norm > 0, ctx.epsilon / safe, torch.zeros_like(norm)).reshape(shape)
+        w = grad.to(acc)
+        if clip_min is not None or clip_max is not None:
+            v = x.to(acc) + scale * gf
+            lo, hi = _channel_view(clip_min, x), _channel_view(clip_max, x)
+            inside = torch.ones_like(v, dtype=torch.bool)
+            if lo is not None:
+                inside &= v >= lo
+            if hi is not None:
+                inside &= v <= hi
+            w = w * inside
+        u = gf / safe.reshape(shape)
+        proj = (u * w).reshape(n, -1).sum(dim=1).reshape(shape)
+        grad_g = scale * (w - u * proj)
+        return w.to(x.dtype), grad_g.to(g.dtype), None, None, None
+
+    torch.library.register_autograd("ssir_fast::perturb", _backward, setup_context=_setup_context)

@@ -1,0 +1,221 @@
+"""The SSIR loss: supervised loss + lambda * consistency under a bounded adversarial perturbation.
+
+Algorithm 1 of the paper (SPEC section 2), for a batch of M samples:
+
+    z   ~ U(-dy, dy)                     (target="noisy"; z = 0 for target="clean", Eq. 13)
+    y^  = f(x),   y~ = stopgrad(y^) + z
+    g1  = grad_x D(f(x), y~)             taken from the clean forward's graph (no extra forward)
+    x1  = clip(x + eps * g1 / ||g1||)
+    g2  = grad_x1 D(f(x1), y~)           input gradient only: no parameter gradients
+    x~  = clip(x + eps * g2 / ||g2||)    from x, so ||x~ - x|| <= eps
+    L   = mean_i w_i D_R(y^_i, y_i) + lam * mean_i D(f(x~_i), y~_i)
+
+The perturbation passes (f(x1), f(x~)) run on scratch copies of the model's buffers and with the
+RNG state of the clean forward, so BatchNorm running statistics, num_batches_tracked, any other
+buffer and the RNG streams end exactly as after the clean forward alone, and dropout draws the
+same masks in every pass.
+"""
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .losses import DISTANCES, distance_per_sample, weighted_l1
+from .ops import perturb
+from .ops._common import require_finite_nonneg, require_positive
+
+__all__ = ["SSIRLoss", "SSIRResult", "scratch_buffers"]
+
+
+@dataclass
+class SSIRResult:
+    """What one SSIR step computed. `loss` = supervised + lam * consistency."""
+    loss: torch.Tensor
+    pred: torch.Tensor          # clean predictions f(x), with graph
+    supervised: torch.Tensor    # mean_i w_i D_R(pred_i, y_i)
+    consistency: torch.Tensor   # mean_i D(f(x~_i), y~_i)
+    similarity: torch.Tensor    # fraction of samples with D(f(x), f(x~)) < delta (Definition 1)
+    x_adv: torch.Tensor         # the perturbed inputs x~ (detached)
+    target: torch.Tensor        # y~ = stopgrad(f(x)) + z
+
+
+@contextlib.contextmanager
+def scratch_buffers(model):
+    """Run `model` on clones of its buffers; the originals are put back untouched on exit.
+
+    Swapping the tensors (not copying values back in place) keeps the clean forward's autograd
+    graph valid: BatchNorm saves its running statistics for backward."""
+    saved = []
+    for module in model.modules():
+        for name, buf in module._buffers.items():
+            if buf is not None:
+                saved.append((module, name, buf))
+    for module, name, buf in saved:
+        module._buffers[name] = buf.clone()
+    try:
+        yield
+    finally:
+        for module, name, buf in saved:
+            module._buffers[name] = buf
+
+
+class _RngSnapshot:
+    """CPU and (when x is on CUDA) device RNG states, to replay one forward's random draws."""
+
+    def __init__(self, device):
+        self.cpu = torch.get_rng_state()
+        self.cuda = (device, torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
+
+    def restore(self):
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda[1], self.cuda[0])
+
+
+class SSIRLoss(torch.nn.Module):
+    """Self-supervised imbalanced regression loss (drop-in next to a supervised loss).
+
+    Args:
+        bin_width: label bin length dy (1 year for age, 0.1 m for depth); the noise range and
+            the default similarity threshold delta.
+        epsilon: perturbation radius (L2 per sample). Paper: 1e-3 (age), 5e-4 (depth).
+        lam: weight of the consistency term. Paper: 0.1 (SQINV+SSIR), 1.0, 2.5.
+        distance: consistency distance D: "l1", "mse" or "huber" (mean over output elements).
+        n_steps: adversarial steps (>= 1; 2 in the paper).
+        target: "noisy" (Algorithm 1) or "clean" (Eq. 13, z = 0; the step-1 gradient of an L1/MSE
+            distance is then zero at r = 0, so x~ = x: kept for ablations).
+        clip_min, clip_max: valid input range: None, floats or per-channel [C] tensors.
+        base_loss: supervised loss `base_loss(pred, y, weight)`; default weighted L1.
+        delta: similarity threshold of Definition 1 (default: bin_width).
+        huber_beta: beta of the Huber distance.
+        preserve_state: run perturbation passes on scratch buffers and replayed RNG (default True).
+        validate: check y for NaN/inf each call (one host sync on GPU).
+    """
+
+    def __init__(self, bin_width=1.0, epsilon=1e-3, lam=0.1, distance="l1", n_steps=2,
+                 target="noisy", clip_min=None, clip_max=None,
+                 base_loss: Optional[Callable] = None, delta=None, huber_beta=1.0,
+                 preserve_state=True, validate=True):
+        super().__init__()
+        self.bin_width = require_positive(bin_width, "bin_width")
+        self.epsilon = require_finite_nonneg(epsilon, "epsilon")
+        self.lam = require_finite_nonneg(lam, "lam")
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        self.distance = distance
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+        self.n_steps = n_steps
+        if target not in ("noisy", "clean"):
+            raise ValueError(f"target must be 'noisy' or 'clean', got {target!r}")
+        self.target = target
+        self.clip_min = self._bound(clip_min, "clip_min")
+        self.clip_max = self._bound(clip_max, "clip_max")
+        if self.clip_min is not None and self.clip_max is not None:
+            lo, hi = torch.broadcast_tensors(self.clip_min, self.clip_max)
+            if bool((lo > hi).any()):
+                raise ValueError(f"clip_min must be <= clip_max, got clip_min="
+                                 f"{self.clip_min.tolist()} and clip_max={self.clip_max.tolist()}")
+        if base_loss is not None and not callable(base_loss):
+            raise TypeError(f"base_loss must be callable(pred, y, weight), got {base_loss!r}")
+        self.base_loss = base_loss or weighted_l1
+        self.delta = self.bin_width if delta is None else require_positive(delta, "delta")
+        self.huber_beta = require_positive(huber_beta, "huber_beta")
+        self.preserve_state = preserve_state
+        self.validate = validate
+        self._bounds_on = {}
+
+    @staticmethod
+    def _bound(value, name):
+        if value is None:
+            return None
+        t = torch.as_tensor(value, dtype=torch.float32).detach().cpu()
+        if t.dim() > 1:
+            raise ValueError(f"{name} must be a float or a per-channel [C] tensor, got shape "
+                             f"{tuple(t.shape)}")
+        if torch.isnan(t).any():
+            raise ValueError(f"{name} contains NaN")
+        return t
+
+    def _bounds(self, device):
+        # Bounds live on the input's device; converted once per device, not per call.
+        if device not in self._bounds_on:
+            move = lambda t: None if t is None else t.to(device)  # noqa: E731
+            self._bounds_on[device] = (move(self.clip_min), move(self.clip_max))
+        return self._bounds_on[device]
+
+    def _dist(self, a, b):
+        return distance_per_sample(self.distance, a.float(), b.float(), self.huber_beta)
+
+    def _check(self, x, y, pred, noise, weight):
+        if not torch.is_floating_point(x):
+            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        if y.numel() != pred.numel():
+            raise ValueError(f"y has {y.numel()} elements but the model's output has shape "
+                             f"{tuple(pred.shape)}")
+        if self.validate and not bool(torch.isfinite(y).all()):
+            raise ValueError("y contains NaN or inf labels")
+        if noise is not None and noise.shape != pred.shape:
+            raise ValueError(f"noise must have the shape of the model's output "
+                             f"{tuple(pred.shape)}, got {tuple(noise.shape)}")
+        if weight is not None and weight.shape[0] != pred.shape[0]:
+            raise ValueError(f"weight must have {pred.shape[0]} rows (one per sample), got shape "
+                             f"{tuple(weight.shape)}")
+
+    def _context(self, model, rng):
+        """Context for a perturbation pass: scratch buffers, replayed RNG."""
+        if not self.preserve_state:
+            return contextlib.nullcontext()
+        rng.restore()
+        return scratch_buffers(model)
+
+    def forward(self, model, x, y, weight=None, noise=None) -> SSIRResult:
+        if x.dim() < 1 or x.shape[0] == 0:
+            raise ValueError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
+        lo, hi = self._bounds(x.device)
+        x = x.detach()
+        rng_before = _RngSnapshot(x.device) if self.preserve_state else None
+
+        # Clean forward, keeping the graph w.r.t. x for step 1.
+        x_in = x.detach().requires_grad_(True)  # an alias of x: no copy
+        pred = model(x_in)
+        self._check(x, y, pred, noise, weight)
+        y = y.reshape(pred.shape).to(pred.dtype)
+        ref = pred.detach().float()
+        if noise is not None:
+            z = noise.to(device=ref.device, dtype=ref.dtype)
+        elif self.target == "noisy":
+            z = (torch.rand_like(ref) * 2 - 1) * self.bin_width
+        else:
+            z = None
+        y_tilde = ref + z if z is not None and self.target == "noisy" else ref
+        supervised = self.base_loss(pred, y, weight)
+        rng_after = _RngSnapshot(x.device) if self.preserve_state else None
+
+        # Step 1: input gradient from the clean graph (kept for the final backward).
+        d1 = self._dist(pred, y_tilde).sum()
+        (g,) = torch.autograd.grad(d1, x_in, retain_graph=True)
+        x_adv = perturb(x, g, self.epsilon, lo, hi)
+
+        # Steps 2..n: fresh forward at the current point, input gradient only.
+        for _ in range(1, self.n_steps):
+            xk = x_adv.requires_grad_(True)
+            with self._context(model, rng_before):
+                dk = self._dist(model(xk), y_tilde).sum()
+            (g,) = torch.autograd.grad(dk, xk)
+            x_adv = perturb(x, g, self.epsilon, lo, hi)
+
+        # Consistency at x~ (parameters get gradients through this graph).
+        x_adv = x_adv.detach()
+        with self._context(model, rng_before):
+            adv = model(x_adv)
+        if rng_after is not None:
+            rng_after.restore()
+        per_sample = self._dist(adv, y_tilde)
+        consistency = per_sample.mean()
+        with torch.no_grad():
+            similarity = (self._dist(adv.detach(), ref) < self.delta).float().mean()
+        loss = supervised + self.lam * consistency
+        return SSIRResult(loss=loss, pred=pred, supervised=supervised, consistency=consistency,
+                          similarity=similarity, x_adv=x_adv, target=y_tilde)
