@@ -100,14 +100,14 @@ def _extension():
     sources = ["csrc/ssir_fast.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     debug = _flag("SSIR_FAST_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-std=c++17", "-fopenmp"]
+    cxx = opt + ["-fopenmp"]  # the C++ standard is the one torch asks for
     # One binary for several Python versions: only the empty PyInit stub touches Python's C API.
     macros = [("Py_LIMITED_API", "0x030A0000")]
     kwargs = dict(name="ssir_fast._C", include_dirs=[os.path.join(HERE, "csrc")],
                   extra_link_args=["-fopenmp"], py_limited_api=True)
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = opt + ["-std=c++17", "--use_fast_math", "-lineinfo"]
+        nvcc = opt + ["--use_fast_math", "-lineinfo"]
         # cuBLAS/cuSPARSE headers of the pip CUDA wheels, for headers that want them.
         site_inc = os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "include")
         if os.path.isdir(site_inc):
