@@ -146,11 +146,11 @@ class SSIRLoss(torch.nn.Module):
         return self._bounds_on[device]
 
     def _dist(self, a, b):
-        return distance_per_sample(self.distance, a.float(), b.float(), self.huber_beta)
+        # fp32 at least (bf16/fp16 outputs under autocast), fp64 kept for fp64 models.
+        dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+        return distance_per_sample(self.distance, a.to(dtype), b.to(dtype), self.huber_beta)
 
     def _check(self, x, y, pred, noise, weight):
-        if not torch.is_floating_point(x):
-            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
         if y.numel() != pred.numel():
             raise ValueError(f"y has {y.numel()} elements but the model's output has shape "
                              f"{tuple(pred.shape)}")
@@ -171,6 +171,11 @@ class SSIRLoss(torch.nn.Module):
         return scratch_buffers(model)
 
     def forward(self, model, x, y, weight=None, noise=None) -> SSIRResult:
+        if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+            raise TypeError(f"x must be a floating-point tensor, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
         if x.dim() < 1 or x.shape[0] == 0:
             raise ValueError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
         lo, hi = self._bounds(x.device)
@@ -182,7 +187,7 @@ class SSIRLoss(torch.nn.Module):
         pred = model(x_in)
         self._check(x, y, pred, noise, weight)
         y = y.reshape(pred.shape).to(pred.dtype)
-        ref = pred.detach().float()
+        ref = pred.detach().to(torch.promote_types(pred.dtype, torch.float32))
         if noise is not None:
             z = noise.to(device=ref.device, dtype=ref.dtype)
         elif self.target == "noisy":

@@ -1,0 +1,210 @@
+"""ssir_fast.ops.perturb against the float64 reference, opcheck, gradcheck and bad input."""
+import pytest
+import torch
+
+import ssir_fast
+from ssir_fast.ops import perturb
+from ssir_fast.ops.perturb import perturb_torch, _bound
+from ssir_fast.reference import perturb_reference
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+SHAPES = [(5, 7), (4, 3, 5, 7), (3, 150528), (2, 1), (6, 3, 1, 13), (9,)]
+
+
+def _close(out, ref, dtype):
+    tol = TOL[dtype]
+    scale = ref.abs().max().clamp_min(1.0)
+    err = (out.double().cpu() - ref.cpu()).abs().max()
+    assert err <= tol * scale, f"max error {err} > {tol * scale}"
+
+
+def test_extension_is_built():
+    # CI builds the extension; the fallback is tested separately below.
+    assert ssir_fast.HAS_EXTENSION
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_reference(device, dtype, shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape, device=device).to(dtype)
+    g = torch.randn(shape, device=device).to(dtype)
+    out = perturb(x, g, 0.3)
+    _close(out, perturb_reference(x, g, 0.3), dtype)
+    assert out.dtype == dtype and out.shape == x.shape
+
+
+def test_hand_computed():
+    x = torch.tensor([[1.0, 2.0], [0.0, 0.0], [5.0, 5.0]])
+    g = torch.tensor([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])
+    out = perturb(x, g, 10.0, clip_min=-1.0, clip_max=6.0)
+    # row 0: + 10 * (0.6, 0.8) = (7, 10) -> clipped to 6; row 1: zero gradient -> unchanged;
+    # row 2: + 10 * (0, -1) = (5, -5) -> -5 clipped to -1.
+    assert torch.equal(out, torch.tensor([[6.0, 6.0], [0.0, 0.0], [5.0, -1.0]]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_norm_bound_and_zero_rows(device):
+    x = torch.randn(8, 3, 4, 4, device=device)
+    g = torch.randn(8, 3, 4, 4, device=device)
+    g[[2, 5]] = 0
+    out = perturb(x, g, 1e-3)
+    r = (out - x).reshape(8, -1).norm(dim=1)
+    assert torch.isfinite(out).all()
+    assert torch.all(r <= 1e-3 * (1 + 1e-4))
+    assert torch.equal(out[2], x[2]) and torch.equal(out[5], x[5])
+    assert torch.allclose(r[[0, 1, 3]], torch.full((3,), 1e-3, device=device), rtol=1e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_channel_clip(device, dtype):
+    torch.manual_seed(1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    lo, hi = (0 - mean) / std, (1 - mean) / std
+    x = torch.randn(4, 3, 9, 11, device=device).to(dtype)
+    g = torch.randn_like(x)
+    out = perturb(x, g, 5.0, lo.to(device), hi.to(device))
+    _close(out, perturb_reference(x, g, 5.0, lo, hi), dtype)
+    for c in range(3):
+        assert out[:, c].float().min() >= lo[c].to(dtype).float() - 1e-6
+        assert out[:, c].float().max() <= hi[c].to(dtype).float() + 1e-6
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_sided_clip(device):
+    x = torch.randn(3, 50, device=device)
+    g = torch.randn(3, 50, device=device)
+    _close(perturb(x, g, 2.0, clip_min=-0.5), perturb_reference(x, g, 2.0, clip_min=-0.5),
+           torch.float32)
+    _close(perturb(x, g, 2.0, clip_max=torch.tensor(0.25)),
+           perturb_reference(x, g, 2.0, clip_max=0.25), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_and_offsets(device):
+    base_x = torch.randn(6, 3, 10, 10, device=device)
+    base_g = torch.randn(6, 3, 10, 10, device=device)
+    x, g = base_x.permute(0, 2, 3, 1), base_g.transpose(2, 3).permute(0, 2, 3, 1)
+    _close(perturb(x, g, 0.7), perturb_reference(x, g, 0.7), torch.float32)
+    # Unaligned views (offset by one element) take the scalar path on CUDA.
+    flat_x, flat_g = torch.randn(4 * 37 + 1, device=device), torch.randn(4 * 37 + 3, device=device)
+    x, g = flat_x[1:].view(4, 37), flat_g[3:].view(4, 37)
+    _close(perturb(x, g, 0.7), perturb_reference(x, g, 0.7), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_out_and_inplace(device):
+    x = torch.randn(5, 2, 33, device=device)
+    g = torch.randn(5, 2, 33, device=device)
+    ref = perturb_reference(x, g, 0.5, -1.0, 1.0)
+    out = torch.empty_like(x)
+    assert perturb(x, g, 0.5, -1.0, 1.0, out=out) is out
+    _close(out, ref, torch.float32)
+    x2 = x.clone()
+    assert perturb(x2, g, 0.5, -1.0, 1.0, out=x2) is x2
+    _close(x2, ref, torch.float32)
+    # non-contiguous in-place target
+    x3 = x.clone().transpose(1, 2)
+    g3 = g.transpose(1, 2)
+    perturb(x3, g3, 0.5, out=x3)
+    _close(x3, perturb_reference(x.transpose(1, 2), g3, 0.5), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    x = torch.empty(0, 3, 4, device=device)
+    assert perturb(x, torch.empty_like(x), 0.1).shape == (0, 3, 4)
+    x = torch.empty(4, 0, device=device)
+    assert perturb(x, torch.empty_like(x), 0.1).shape == (4, 0)
+
+
+def test_fallback_matches_kernel():
+    x = torch.randn(4, 3, 5, 5)
+    g = torch.randn_like(x)
+    g[0] = 0
+    lo, hi = _bound(torch.tensor([-1.0, -0.5, 0.0]), "clip_min", x), _bound(1.0, "clip_max", x)
+    assert torch.allclose(perturb_torch(x, g, 0.9, lo, hi), perturb(x, g, 0.9, lo, hi), atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x = torch.randn(4, 3, 6, 5, device=device)
+    g = torch.randn_like(x)
+    lo = torch.tensor([-1.0, -0.5, 0.0], device=device)
+    hi = torch.tensor(1.5, device=device)
+    torch.library.opcheck(torch.ops.ssir_fast.perturb.default, (x, g, 0.4, lo, hi))
+    torch.library.opcheck(torch.ops.ssir_fast.perturb.default, (x, g, 0.4, None, None))
+    torch.library.opcheck(torch.ops.ssir_fast.perturb.default,
+                          (x.requires_grad_(), g.requires_grad_(), 0.4, lo, hi))
+    torch.library.opcheck(torch.ops.ssir_fast.perturb_.default, (x.detach().clone(), g.detach(), 0.4, lo, None))
+    torch.library.opcheck(torch.ops.ssir_fast.perturb_out.default,
+                          (x.detach(), g.detach(), 0.4, None, hi, torch.empty_like(x)))
+
+
+def test_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: perturb(a, b, 0.8), (x, g))
+    # With bounds that clip some (not exactly on the boundary) elements.
+    assert torch.autograd.gradcheck(lambda a, b: perturb(a, b, 0.8, -0.7, 0.9), (x, g))
+
+
+def test_compile():
+    def step(x, g):
+        return perturb(x, g, 0.1, -2.0, 2.0) * 2
+
+    x, g = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    assert torch.allclose(compiled(x, g), step(x, g))
+
+
+@pytest.mark.parametrize("kwargs, exc, words", [
+    (dict(g=torch.randn(4, 6)), ValueError, "same shape"),
+    (dict(g=torch.randn(4, 5, dtype=torch.float64)), TypeError, "same dtype"),
+    (dict(x=torch.ones(4, 5, dtype=torch.int32), g=torch.ones(4, 5, dtype=torch.int32)), TypeError, "x must be float32"),
+    (dict(epsilon=-1.0), ValueError, "epsilon"),
+    (dict(epsilon=float("nan")), ValueError, "epsilon"),
+    (dict(epsilon=float("inf")), ValueError, "epsilon"),
+    (dict(clip_min=1.0, clip_max=0.0), ValueError, "clip_min must be <= clip_max"),
+    (dict(x=torch.randn(4, 3, 2), g=torch.randn(4, 3, 2), clip_min=torch.zeros(2)), ValueError, "per-channel"),
+    (dict(x=torch.tensor(1.0), g=torch.tensor(1.0)), ValueError, "batch dimension"),
+    (dict(out=torch.empty(3, 5)), ValueError, "out must match x"),
+    (dict(clip_min=float("nan")), ValueError, "clip_min is NaN"),
+])
+def test_bad_input(kwargs, exc, words):
+    args = dict(x=torch.randn(4, 5), g=torch.randn(4, 5), epsilon=0.1)
+    args.update(kwargs)
+    with pytest.raises(exc, match=words):
+        perturb(**args)
+
+
+def test_cpp_checks_name_arguments():
+    # Direct torch.ops calls skip the Python wrapper: the C++ checks must still be readable.
+    with pytest.raises(RuntimeError, match="x and g must have the same shape"):
+        torch.ops.ssir_fast.perturb(torch.randn(2, 3), torch.randn(2, 4), 0.1, None, None)
+    with pytest.raises(RuntimeError, match="epsilon must be finite"):
+        torch.ops.ssir_fast.perturb(torch.randn(2, 3), torch.randn(2, 3), -0.1, None, None)
+    with pytest.raises(RuntimeError, match="per-channel clip_max"):
+        torch.ops.ssir_fast.perturb(torch.randn(2, 3, 4), torch.randn(2, 3, 4), 0.1, None,
+                                    torch.zeros(4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_mismatch():
+    with pytest.raises(ValueError, match="same device"):
+        perturb(torch.randn(2, 3), torch.randn(2, 3, device="cuda"), 0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(256, 3, 224, 224), (4096, 128), (7, 1001), (3, 5)])
+def test_cuda_equals_cpu(dtype, shape):
+    x = torch.randn(shape).to(dtype)
+    g = torch.randn(shape).to(dtype)
+    cpu = perturb(x, g, 1e-3, -1.0, 1.0)
+    gpu = perturb(x.cuda(), g.cuda(), 1e-3, -1.0, 1.0).cpu()
+    assert (gpu.float() - cpu.float()).abs().max() <= TOL[dtype] * 4

@@ -1,0 +1,197 @@
+"""SSIRLoss: same loss and gradients as the literal Algorithm 1, model state left untouched."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from ssir_fast import SSIRLoss
+from ssir_fast.losses import weighted_mse
+from ssir_fast.reference import naive_ssir_loss
+
+
+def mlp(dtype=torch.float64):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                         nn.Linear(16, 1)).to(dtype)
+
+
+class SmallCNN(nn.Module):
+    """Conv + BatchNorm + Dropout: the state SSIR must not disturb."""
+
+    def __init__(self, dense=False):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Dropout(0.3))
+        self.dense = dense
+        self.head = nn.Conv2d(8, 1, 1) if dense else nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = self.features(x)
+        return self.head(h) if self.dense else self.head(h.mean(dim=(2, 3)))
+
+
+def _grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("distance", ["l1", "mse", "huber"])
+@pytest.mark.parametrize("n_steps", [1, 2, 3])
+def test_fast_path_equals_literal_algorithm(distance, n_steps):
+    torch.manual_seed(1)
+    x = torch.randn(32, 6, dtype=torch.float64).clamp(-1.9, 1.9)  # inside the clip range
+    y = torch.randn(32, dtype=torch.float64) * 3
+    w = torch.rand(32, dtype=torch.float64) + 0.5
+    noise = (torch.rand(32, 1, dtype=torch.float64) * 2 - 1)
+    fast_model, naive_model = mlp(), mlp()
+    kw = dict(bin_width=1.0, epsilon=0.05, lam=0.7, distance=distance, n_steps=n_steps,
+              clip_min=-2.0, clip_max=2.0)
+    res = SSIRLoss(**kw)(fast_model, x, y, weight=w, noise=noise)
+    res.loss.backward()
+    loss_ref, pred_ref, x_adv_ref = naive_ssir_loss(naive_model, x, y, weight=w, noise=noise, **kw)
+    loss_ref.backward()
+    assert torch.allclose(res.loss, loss_ref, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(res.x_adv, x_adv_ref, rtol=1e-12, atol=1e-14)
+    for a, b in zip(_grads(fast_model), _grads(naive_model)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+    # The perturbation is real and bounded: 0 < ||x~ - x|| <= eps for every sample.
+    r = (res.x_adv - x).norm(dim=1)
+    assert torch.all(r <= 0.05 * (1 + 1e-9)) and torch.all(r > 0)
+
+
+def test_dense_output_equals_literal_algorithm():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 1, 1)).double()
+    ref_net = copy.deepcopy(net)
+    x = torch.randn(4, 3, 6, 5, dtype=torch.float64)
+    y = torch.rand(4, 1, 6, 5, dtype=torch.float64) * 5
+    noise = (torch.rand(4, 1, 6, 5, dtype=torch.float64) * 2 - 1) * 0.1
+    kw = dict(bin_width=0.1, epsilon=5e-3, lam=2.5, distance="mse", base_loss=weighted_mse)
+    res = SSIRLoss(**kw)(net, x, y, noise=noise)
+    res.loss.backward()
+    loss_ref, _, _ = naive_ssir_loss(ref_net, x, y, noise=noise, **kw)
+    loss_ref.backward()
+    assert torch.allclose(res.loss, loss_ref, rtol=1e-12)
+    for a, b in zip(_grads(net), _grads(ref_net)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_leaves_batchnorm_buffers_and_rng_as_clean_forward():
+    torch.manual_seed(3)
+    model = SmallCNN().train()
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(8, 3, 12, 12), torch.randn(8)
+
+    torch.manual_seed(123)
+    res = SSIRLoss(epsilon=1e-2, lam=1.0)(model, x, y)
+    rng_after_ssir = torch.get_rng_state()
+    # Nothing accumulated into parameter gradients by the perturbation passes.
+    assert all(p.grad is None for p in model.parameters())
+    res.loss.backward()  # the clean graph is still valid (no in-place buffer restore)
+
+    torch.manual_seed(123)
+    pred = twin(x)                         # the clean forward alone...
+    torch.rand_like(pred)                  # ...and the noise draw
+    assert torch.equal(torch.get_rng_state(), rng_after_ssir)
+    assert torch.allclose(pred, res.pred)  # same dropout mask as the clean forward
+    for (name, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
+        assert torch.equal(a, b), name
+    assert int(model.features[1].num_batches_tracked) == 1
+
+
+def test_dropout_masks_replayed_in_perturbation_passes():
+    # With epsilon = 0, x~ = x and the same dropout mask: consistency is exactly |z|.
+    model = SmallCNN().train()
+    x, y = torch.randn(6, 3, 8, 8), torch.randn(6)
+    noise = torch.full((6, 1), 0.25)
+    res = SSIRLoss(epsilon=0.0, lam=1.0)(model, x, y, noise=noise)
+    assert torch.allclose(res.consistency, torch.tensor(0.25), atol=1e-6)
+    assert res.similarity == 1.0
+
+
+def test_dense_cnn_with_batchnorm_trains():
+    model = SmallCNN(dense=True).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(4, 3, 10, 10), torch.rand(4, 1, 10, 10)
+    loss_fn = SSIRLoss(bin_width=0.1, epsilon=5e-4, lam=1.0, distance="mse",
+                       clip_min=torch.tensor([-1.0, -1.0, -1.0]), clip_max=torch.ones(3))
+    for _ in range(2):
+        opt.zero_grad()
+        res = loss_fn(model, x, y)
+        res.loss.backward()
+        opt.step()
+    assert torch.isfinite(res.loss) and 0 <= float(res.similarity) <= 1
+    assert res.x_adv.min() >= -1 and res.x_adv.max() <= 1
+
+
+def test_bf16_autocast():
+    model = SmallCNN().train()
+    x, y = torch.randn(4, 3, 8, 8), torch.randn(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = SSIRLoss(epsilon=1e-2)(model, x, y)
+    res.loss.backward()
+    assert torch.isfinite(res.loss)
+    assert res.x_adv.dtype == torch.float32
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_compiled_model():
+    torch._dynamo.reset()
+    model = SmallCNN().train()
+    compiled = torch.compile(model, backend="aot_eager")
+    x, y = torch.randn(4, 3, 8, 8), torch.randn(4)
+    loss_fn = SSIRLoss(epsilon=1e-2, lam=1.0)
+    before = [b.clone() for b in model.buffers()]
+    compiled(x)  # the reference state: one clean forward
+    after_clean = [b.clone() for b in model.buffers()]
+    for b, v in zip(model.buffers(), before):
+        b.copy_(v)
+    res = loss_fn(compiled, x, y, noise=torch.zeros(4, 1))
+    res.loss.backward()
+    assert torch.isfinite(res.loss)
+    for b, v in zip(model.buffers(), after_clean):
+        assert torch.equal(b, v)
+
+
+def test_clean_target_option():
+    model = mlp(torch.float32)
+    x, y = torch.randn(8, 6), torch.randn(8)
+    res = SSIRLoss(target="clean", distance="mse")(model, x, y)
+    # Eq. 13: y~ = f(x) exactly; the step-1 gradient vanishes at r = 0, so x~ = x.
+    assert torch.equal(res.target, res.pred.detach())
+    assert torch.equal(res.x_adv, x)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(bin_width=0), "bin_width"),
+    (dict(bin_width=float("nan")), "bin_width"),
+    (dict(epsilon=-1), "epsilon"),
+    (dict(lam=float("inf")), "lam"),
+    (dict(distance="cosine"), "distance"),
+    (dict(n_steps=0), "n_steps"),
+    (dict(n_steps=1.5), "n_steps"),
+    (dict(target="soft"), "target"),
+    (dict(clip_min=1.0, clip_max=0.0), "clip_min must be <= clip_max"),
+    (dict(clip_min=torch.zeros(2, 2)), "clip_min"),
+])
+def test_bad_options(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        SSIRLoss(**kwargs)
+
+
+def test_bad_call_arguments():
+    model, loss_fn = mlp(torch.float32), SSIRLoss()
+    x = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="y contains NaN"):
+        loss_fn(model, x, torch.tensor([0.0, float("nan"), 1.0, 2.0]))
+    with pytest.raises(ValueError, match="y has 3 elements"):
+        loss_fn(model, x, torch.zeros(3))
+    with pytest.raises(ValueError, match="noise must have the shape"):
+        loss_fn(model, x, torch.zeros(4), noise=torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="weight must have 4 rows"):
+        loss_fn(model, x, torch.zeros(4), weight=torch.ones(3))
+    with pytest.raises(ValueError, match="non-empty batch"):
+        loss_fn(model, torch.zeros(0, 6), torch.zeros(0))
+    with pytest.raises(TypeError, match="x must be a floating-point"):
+        loss_fn(lambda t: t.float().sum(1), torch.ones(4, 6, dtype=torch.long), torch.zeros(4))
