@@ -1,0 +1,110 @@
+"""Data sets and loaders for imbalanced regression.
+
+    ds = ssir_fast.data.load_dataset("default")                  # built on first use
+    ds = ssir_fast.data.load_dataset("agedb", root="data/")      # data/agedb.csv + images
+    loader = ssir_fast.data.make_loader(ds, "train", 256, backend="auto", device="cuda",
+                                        shard=(rank, world_size), seed=0)
+    for epoch in range(E):
+        loader.set_epoch(epoch)
+        for inputs, targets, weights in loader: ...
+
+Batches are ``(inputs, targets, weights)`` on ``device``: images [B, 3, H, W] float32 normalised,
+scalar targets [B, 1] (depth: [B, 1, H, W] metres), weights shaped like targets (ones, per-sample
+``sample_weights``, or ``bin_weights`` looked up per target element; for the NYUD2 test split the
+balanced-pixel mask).
+
+Backends: "dali" (NVIDIA DALI; GPU "mixed" decoding when ``device`` is CUDA), "torch" (DataLoader
+with worker processes), "auto" = DALI when importable. Both apply the same per-sample augmentation
+draws in the same order; on the test split their tensors agree within the decoder/resize tolerance
+documented in `TEST_TOLERANCE` and the labels are identical.
+"""
+import os
+
+from .datasets import (SPLITS, DataError, DepthDataset, ImageRegressionDataset, SplitView,
+                       balanced_pixel_mask, load_dir_csv, load_nyud2, read_depth)
+from .default_data import build_default, default_root, load_default
+from .synthetic import two_gaussians
+from .tabular import TabularDataset, TensorLoader, load_tabular
+
+__all__ = ["load_dataset", "make_loader", "DataError", "SplitView", "ImageRegressionDataset",
+           "DepthDataset", "TabularDataset", "load_dir_csv", "load_nyud2", "load_default",
+           "build_default", "default_root", "load_tabular", "two_gaussians", "balanced_pixel_mask",
+           "read_depth", "dali_available", "TEST_TOLERANCE", "DATASETS", "SPLITS"]
+
+DATASETS = ("default", "agedb", "imdb_wiki", "nyud2", "two_gaussians", "tabular")
+
+# Test-split agreement of the two backends on normalised inputs (x - 127.5) / 127.5: identical
+# libjpeg-turbo decoding when no resize is needed; with a resize the two bilinear filters
+# (PIL vs DALI) round differently, by at most a few 8-bit levels on a few pixels.
+TEST_TOLERANCE = {"no_resize_max_abs": 1e-6, "resize_mean_abs": 0.02, "resize_max_abs": 0.1}
+
+
+def dali_available():
+    from .dali_loader import dali_available as _da
+    return _da()
+
+
+def load_dataset(name, root=None, **options):
+    """A data set by name.
+
+    - ``"default"``: rotated digits (options of `load_default`: image_size, n_train, ...; ``root``
+      is the build folder, default under ``$SSIR_FAST_DATA``).
+    - ``"agedb"`` / ``"imdb_wiki"``: ``root`` holds ``agedb.csv`` / ``imdb_wiki.csv`` (or pass
+      ``csv=``) and the images; options of `load_dir_csv`.
+    - ``"nyud2"``: ``root`` holds the NYUD2-DIR list files; options of `load_nyud2`.
+    - ``"two_gaussians"``: options of `two_gaussians` (ratio, d, n_major, ...).
+    - ``"tabular"``: ``root`` is the CSV path; ``target=`` names the target column; options of
+      `load_tabular`.
+    """
+    if name == "default":
+        return load_default(root, **options)
+    if name in ("agedb", "imdb_wiki"):
+        if root is None:
+            raise ValueError(f"load_dataset({name!r}) needs root= (the folder with {name}.csv)")
+        csv_path = options.pop("csv", None) or os.path.join(root, f"{name}.csv")
+        if not os.path.isabs(csv_path) and not os.path.exists(csv_path):
+            csv_path = os.path.join(root, csv_path)
+        return load_dir_csv(csv_path, options.pop("image_root", root), name=name, **options)
+    if name == "nyud2":
+        if root is None:
+            raise ValueError("load_dataset('nyud2') needs root= (the folder with nyu2_train.csv)")
+        return load_nyud2(root, **options)
+    if name == "two_gaussians":
+        return two_gaussians(**options)
+    if name == "tabular":
+        path = options.pop("path", None) or root
+        if path is None:
+            raise ValueError("load_dataset('tabular') needs root= (the CSV file) and target=")
+        if "target" not in options:
+            raise ValueError("load_dataset('tabular') needs target= (the target column)")
+        return load_tabular(path, **options)
+    raise ValueError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")
+
+
+def make_loader(dataset, split, batch_size, backend="auto", device="cpu", shard=(0, 1), seed=0,
+                **options):
+    """Loader of (inputs, targets, weights) batches for one split of ``dataset``.
+
+    Options: shuffle (default: train only), augment (default: train only), size (H, W) (default
+    the data set's), num_workers (DALI threads / DataLoader workers, default min(4, CPUs)),
+    prefetch (batches, default 2), on_error ("raise" | "skip"), sample_weights, bin_weights,
+    even_shards (pad short shards with weight-0 repeats so every rank has the same length).
+    Tabular and synthetic data are served from memory whatever ``backend`` says ("auto"/"torch").
+    """
+    if backend not in ("auto", "dali", "torch"):
+        raise ValueError(f"backend must be 'auto', 'dali' or 'torch', got {backend!r}")
+    if getattr(dataset, "kind", None) == "tabular":
+        if backend == "dali":
+            raise ValueError("backend='dali' serves image data sets; tabular data come from "
+                             "memory (use backend='auto' or 'torch')")
+        return TensorLoader(dataset, split, batch_size, device=device, shard=shard, seed=seed,
+                            **options)
+    if backend == "auto":
+        backend = "dali" if dali_available() else "torch"
+    if backend == "dali":
+        from .dali_loader import DaliImageLoader
+        return DaliImageLoader(dataset, split, batch_size, device=device, shard=shard, seed=seed,
+                               **options)
+    from .torch_loader import TorchImageLoader
+    return TorchImageLoader(dataset, split, batch_size, device=device, shard=shard, seed=seed,
+                            **options)

@@ -1,0 +1,152 @@
+"""What both image backends share: epochs, shards, weights, skip accounting, reading a sample."""
+import warnings
+
+import numpy as np
+import torch
+
+from .datasets import DataError, read_depth
+from .transforms import aug_params, check_image_bytes, epoch_order
+
+__all__ = ["ImageLoaderBase", "read_image_bytes"]
+
+
+def read_image_bytes(view, i):
+    """Encoded bytes of sample i (uint8 numpy), checked for plausibility; DataError names file/row."""
+    path = view.paths[i]
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{view.where(i)}: image file not found: {path}") from None
+    except OSError as e:
+        raise DataError(f"{view.where(i)}: cannot read image file {path}: {e}") from None
+    why = check_image_bytes(data.tobytes() if data.size < 64 else
+                            data[:8].tobytes() + data[-64:].tobytes())
+    if why is not None:
+        raise DataError(f"{view.where(i)}: {why}: {path}")
+    return data
+
+
+class ImageLoaderBase:
+    """Iterable over (inputs, targets, weights) batches of one split; one pass = one epoch.
+
+    ``len(loader)`` is the number of batches of this shard; the last batch keeps the remainder
+    (never dropped, never padded unless ``even_shards=True``, where the repeated samples get weight
+    0 and are counted in ``stats["padded"]``). ``set_epoch(e)`` picks the epoch of the next pass
+    (it otherwise advances by one per pass). ``stats`` holds the skipped samples of the last epoch.
+    """
+
+    backend = None
+
+    def __init__(self, dataset, split, batch_size, *, device="cpu", shard=(0, 1), seed=0,
+                 shuffle=None, augment=None, size=None, num_workers=None, prefetch=2,
+                 on_error="raise", sample_weights=None, bin_weights=None, even_shards=False):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset = dataset
+        self.split = split
+        self.view = dataset.split(split)
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.rank, self.world = (int(shard[0]), int(shard[1]))
+        self.seed = int(seed)
+        self.shuffle = (split == "train") if shuffle is None else bool(shuffle)
+        self.augment = (split == "train") if augment is None else bool(augment)
+        size = dataset.image_size if size is None else size
+        self.size = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
+        import os
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else int(num_workers)
+        self.prefetch = max(1, int(prefetch))
+        self.on_error = on_error
+        self.even_shards = bool(even_shards)
+        n = len(self.view)
+        if sample_weights is not None:
+            sample_weights = np.asarray(sample_weights, np.float32).reshape(-1)
+            if sample_weights.shape[0] != n:
+                raise ValueError(f"sample_weights must have one weight per {split} sample ({n}), "
+                                 f"got {sample_weights.shape[0]}")
+        if bin_weights is not None:
+            bin_weights = np.asarray(bin_weights, np.float32).reshape(-1)
+            if bin_weights.shape[0] != dataset.bins.num_bins:
+                raise ValueError(f"bin_weights must have one weight per bin "
+                                 f"({dataset.bins.num_bins}), got {bin_weights.shape[0]}")
+        self.sample_weights, self.bin_weights = sample_weights, bin_weights
+        epoch_order(n, 0, 0, False, self.rank, self.world)   # validates shard
+        self.epoch = 0
+        self.stats = {"epoch": None, "skipped": 0, "skipped_items": [], "padded": 0}
+
+    # --------------------------------------------------------------- epoch plan
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def _plan(self):
+        """(positions -> sample index, number padded, crop anchors, flips) of the coming epoch."""
+        n = len(self.view)
+        order, padded = epoch_order(n, self.seed, self.epoch, self.shuffle, self.rank, self.world,
+                                    self.even_shards)
+        anchors, flips = aug_params(n, self.seed, self.epoch)
+        return order, padded, anchors, flips
+
+    def __len__(self):
+        n = len(self.view)
+        m = (-(-n // self.world) if self.even_shards else
+             (self.rank + 1) * n // self.world - self.rank * n // self.world)
+        return -(-m // self.batch_size)
+
+    def _begin_epoch(self):
+        plan = self._plan()
+        self.stats = {"epoch": self.epoch, "skipped": 0, "skipped_items": [], "padded": plan[1]}
+        return plan
+
+    def _skip(self, msg):
+        if self.on_error == "raise":
+            raise DataError(msg)
+        self.stats["skipped"] += 1
+        self.stats["skipped_items"].append(msg)
+
+    def _end_epoch(self):
+        s = self.stats
+        if s["skipped"]:
+            shown = "; ".join(s["skipped_items"][:5]) + (" ..." if s["skipped"] > 5 else "")
+            warnings.warn(f"{self.dataset.name} {self.split} epoch {s['epoch']}: skipped "
+                          f"{s['skipped']} bad sample(s): {shown}", stacklevel=3)
+        self.epoch += 1
+
+    # --------------------------------------------------------------- targets and weights
+    def _finish(self, inputs, positions, order, depth=None, mask=None):
+        """Targets and weights for a batch whose samples sit at ``positions`` of the epoch order."""
+        positions = np.asarray(positions, np.int64).reshape(-1)
+        idx = order[positions]
+        real = torch.from_numpy((positions < len(order) - self.stats["padded"]).astype(np.float32))
+        if self.dataset.kind == "depth":
+            targets = depth
+            if mask is not None:
+                weights = mask.float()
+            elif self.bin_weights is not None:
+                bw = torch.from_numpy(self.bin_weights).to(targets.device)
+                weights = bw[self.dataset.bins.index(targets)]
+            else:
+                weights = torch.ones_like(targets)
+            weights = weights * real.to(weights.device).view(-1, 1, 1, 1)
+        else:
+            y = self.view.targets[idx]
+            targets = torch.from_numpy(y.astype(np.float32)).view(-1, 1)
+            if self.sample_weights is not None:
+                w = self.sample_weights[idx]
+            elif self.bin_weights is not None:
+                w = self.bin_weights[self.dataset.bins.index(y)]
+            else:
+                w = np.ones(len(idx), np.float32)
+            weights = torch.from_numpy(np.asarray(w, np.float32)).view(-1, 1) * real.view(-1, 1)
+        nb = self.device.type == "cuda"
+        return (inputs.to(self.device, non_blocking=nb), targets.to(self.device, non_blocking=nb),
+                weights.to(self.device, non_blocking=nb))
+
+    def _read_depth(self, i):
+        return read_depth(self.view.depth_paths[i], self.dataset.depth_scale, where=self.view.where(i))
+
+    def _test_mask(self, i):
+        if self.dataset.kind == "depth" and self.split == "test":
+            return self.dataset.test_mask()[i]
+        return None
