@@ -23,4 +23,14 @@ void perturb_out_cpu(const at::Tensor& x, const at::Tensor& g, double epsilon,
                      const std::optional<at::Tensor>& clip_min,
                      const std::optional<at::Tensor>& clip_max, at::Tensor& out);
 
+// ---- FDS: per-bin feature statistics and calibration (csrc/fds_common.h) -------------------
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_feature_stats_cpu(const at::Tensor& features,
+                                                                     const at::Tensor& bin_index,
+                                                                     int64_t num_bins,
+                                                                     bool unbiased);
+at::Tensor fds_calibrate_cpu(const at::Tensor& features, const at::Tensor& bin_index,
+                             const at::Tensor& mean, const at::Tensor& var,
+                             const at::Tensor& smoothed_mean, const at::Tensor& smoothed_var,
+                             double lo, double hi);
+
 }  // namespace ssir_fast

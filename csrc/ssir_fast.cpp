@@ -25,4 +25,12 @@ TORCH_LIBRARY(ssir_fast, m) {
   m.def("perturb_(Tensor(a!) x, Tensor g, float epsilon, Tensor? clip_min, Tensor? clip_max) -> ()");
   m.def("perturb_out(Tensor x, Tensor g, float epsilon, Tensor? clip_min, Tensor? clip_max, "
         "Tensor(a!) out) -> ()");
+
+  // FDS (SPEC 3.3), see csrc/fds_common.h: per-bin count [B] (int64), mean and variance [B, C]
+  // (float32, float64 for float64 features) of features [N, C]; indices outside [0, B) ignored.
+  m.def("bin_feature_stats(Tensor features, Tensor bin_index, int num_bins, bool unbiased=True) "
+        "-> (Tensor, Tensor, Tensor)");
+  // z' = (z - mean[b]) * sqrt(clamp(smoothed_var[b] / var[b], lo, hi)) + smoothed_mean[b].
+  m.def("fds_calibrate(Tensor features, Tensor bin_index, Tensor mean, Tensor var, "
+        "Tensor smoothed_mean, Tensor smoothed_var, float lo, float hi) -> Tensor");
 }

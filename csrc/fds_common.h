@@ -1,0 +1,81 @@
+// Device-independent part of the FDS ops (bin_feature_stats, fds_calibrate): argument checks and
+// the per-bin affine coefficients of the calibration.
+//
+// Conventions shared by the CPU and CUDA kernels:
+//  - bin_index is int64 [N]; a sample whose index is outside [0, num_bins) is ignored by
+//    bin_feature_stats and passed through unchanged by fds_calibrate (use -1 to mask samples,
+//    e.g. invalid depth pixels).
+//  - bin_feature_stats: var is the unbiased per-bin variance (M2 / (n - 1)); a bin with one
+//    sample has var 0, an empty bin has count 0, mean 0, var 0. Accumulation is float64, with
+//    the data shifted by the bin's first sample so that var stays accurate when |mean| >> std.
+//  - fds_calibrate: z' = (z - mu_b) * s_b + mu~_b with s_b = sqrt(clamp(var~_b / var_b, lo, hi));
+//    0/0 is taken as ratio 1 and x/0 (x > 0) as ratio +inf (so s = sqrt(hi)).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+namespace ssir_fast {
+
+inline void check_features(const at::Tensor& f, const char* op) {
+  TORCH_CHECK(f.dim() == 2, op, ": features must be 2-D [N, C], got shape ", f.sizes());
+  const auto t = f.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble, op,
+              ": features must be float32, float16, bfloat16 or float64, got ", t);
+}
+
+inline void check_bin_index(const at::Tensor& idx, const at::Tensor& f, const char* op) {
+  TORCH_CHECK(idx.dim() == 1 && idx.size(0) == f.size(0), op,
+              ": bin_index must have shape [N] = [", f.size(0), "], got ", idx.sizes());
+  TORCH_CHECK(idx.scalar_type() == at::kLong, op, ": bin_index must be int64, got ",
+              idx.scalar_type());
+  TORCH_CHECK(idx.device() == f.device(), op, ": bin_index must be on features' device ",
+              f.device(), ", got ", idx.device());
+}
+
+inline at::ScalarType stats_dtype(const at::Tensor& f) {
+  return f.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_stat(const at::Tensor& s, const char* name, const at::Tensor& f,
+                       const at::Tensor& ref) {
+  TORCH_CHECK(s.dim() == 2 && s.size(1) == f.size(1), "fds_calibrate: ", name,
+              " must have shape [num_bins, C] with C = ", f.size(1), ", got ", s.sizes());
+  TORCH_CHECK(s.sizes() == ref.sizes(), "fds_calibrate: ", name, " must have the shape of mean ",
+              ref.sizes(), ", got ", s.sizes());
+  TORCH_CHECK(s.device() == f.device(), "fds_calibrate: ", name, " must be on features' device ",
+              f.device(), ", got ", s.device());
+  TORCH_CHECK(s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble, "fds_calibrate: ",
+              name, " must be float32 or float64, got ", s.scalar_type());
+}
+
+inline void check_calibrate_args(const at::Tensor& f, const at::Tensor& idx, const at::Tensor& mean,
+                                 const at::Tensor& var, const at::Tensor& smean,
+                                 const at::Tensor& svar, double lo, double hi) {
+  check_features(f, "fds_calibrate");
+  check_bin_index(idx, f, "fds_calibrate");
+  check_stat(mean, "mean", f, mean);
+  check_stat(var, "var", f, mean);
+  check_stat(smean, "smoothed_mean", f, mean);
+  check_stat(svar, "smoothed_var", f, mean);
+  TORCH_CHECK(std::isfinite(lo) && lo >= 0, "fds_calibrate: lo must be finite and >= 0, got ", lo);
+  TORCH_CHECK(!std::isnan(hi) && hi >= lo, "fds_calibrate: hi must be >= lo, got lo=", lo,
+              " hi=", hi);
+}
+
+// Per-bin affine map of the calibration, z' = z * scale + shift, computed in the accumulation
+// type (float64 for float64 features, float32 otherwise). Cheap: [B, C] elements.
+inline std::pair<at::Tensor, at::Tensor> calibration_coefficients(
+    const at::Tensor& f, const at::Tensor& mean, const at::Tensor& var, const at::Tensor& smean,
+    const at::Tensor& svar, double lo, double hi) {
+  const auto acc = stats_dtype(f);
+  at::Tensor v = var.to(acc), sv = svar.to(acc);
+  at::Tensor ratio = at::where(v > 0, sv / v,
+                               at::where(sv > 0, at::full({}, INFINITY, v.options()),
+                                         at::ones({}, v.options())));
+  at::Tensor scale = at::sqrt(at::clamp(ratio, lo, hi));
+  at::Tensor shift = smean.to(acc) - mean.to(acc) * scale;
+  return {scale.contiguous(), shift.contiguous()};
+}
+
+}  // namespace ssir_fast

@@ -1,0 +1,107 @@
+"""FDS feature calibration (SPEC 3.3), one fused pass:
+
+    z'_n = (z_n - mu_b) * sqrt(clamp(var~_b / var_b, lo, hi)) + mu~_b,     b = bin_index[n]
+
+with (mu, var) the running per-bin statistics and (mu~, var~) their smoothed versions. A ratio
+0/0 counts as 1 and x/0 (x > 0) as +inf (so the scale is sqrt(hi)); samples whose bin is
+outside [0, B) pass through unchanged. Differentiable w.r.t. the features:
+
+    d z'_n / d z_n = sqrt(clamp(var~_b / var_b, lo, hi))    (diagonal; the statistics are constants)
+
+and the backward is the same fused op with zero means. Kernels: csrc/cpu/fds_calibrate_cpu.cpp,
+csrc/cuda/fds_calibrate_cuda.cu.
+"""
+import math
+
+import torch
+
+from .._extension import HAS_EXTENSION
+from ._common import require_float_dtype, require_tensor
+from .bin_feature_stats import check_bin_index
+
+__all__ = ["fds_calibrate", "fds_calibrate_torch", "calibration_coefficients"]
+
+
+def _check_stat(t, name, features, ref):
+    require_tensor(t, name)
+    if t.dim() != 2 or t.shape[1] != features.shape[1] or (ref is not None and t.shape != ref.shape):
+        want = f"{tuple(ref.shape)}" if ref is not None else f"[B, {features.shape[1]}]"
+        raise ValueError(f"{name} must have shape {want} ([num_bins, C]), got {tuple(t.shape)}")
+    if t.device != features.device:
+        raise ValueError(f"{name} must be on the features' device {features.device}, got {t.device}")
+    require_float_dtype(t, name)
+
+
+def fds_calibrate(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo=0.1, hi=10.0):
+    """Calibrated features [N, C] (same dtype as `features`); see the module docstring.
+
+    Args:
+        features: [N, C] float tensor (the encoder output).
+        bin_index: [N] integer bin of each sample; out-of-range indices pass through.
+        mean, var, smoothed_mean, smoothed_var: [B, C] statistics (float32 or float64).
+        lo, hi: clamp of the variance ratio (SPEC: [0.1, 10] for age, [0.2, 5] for NYU).
+    """
+    require_tensor(features, "features")
+    if features.dim() != 2:
+        raise ValueError(f"features must be 2-D [N, C], got shape {tuple(features.shape)}")
+    require_float_dtype(features, "features")
+    idx = check_bin_index(bin_index, features.shape[0], features.device)
+    _check_stat(mean, "mean", features, None)
+    for t, name in ((var, "var"), (smoothed_mean, "smoothed_mean"), (smoothed_var, "smoothed_var")):
+        _check_stat(t, name, features, mean)
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and lo >= 0) or math.isnan(hi) or hi < lo:
+        raise ValueError(f"need 0 <= lo <= hi with lo finite, got lo={lo} hi={hi}")
+    stats = [t.detach().to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+             for t in (mean, var, smoothed_mean, smoothed_var)]
+    if stats[0].dtype != stats[1].dtype or len({s.dtype for s in stats}) > 1:
+        stats = [s.double() for s in stats]
+    if not HAS_EXTENSION:
+        return fds_calibrate_torch(features, idx, *stats, lo, hi)
+    return torch.ops.ssir_fast.fds_calibrate.default(features, idx, *stats, lo, hi)
+
+
+def calibration_coefficients(features_dtype, mean, var, smoothed_mean, smoothed_var, lo, hi):
+    """(scale, shift) [B, C] with z' = z * scale + shift, in the accumulation dtype."""
+    acc = torch.float64 if features_dtype == torch.float64 else torch.float32
+    v, sv = var.to(acc), smoothed_var.to(acc)
+    ratio = torch.where(v > 0, sv / torch.where(v > 0, v, torch.ones_like(v)),
+                        torch.where(sv > 0, torch.full_like(v, math.inf), torch.ones_like(v)))
+    scale = torch.clamp(ratio, lo, hi).sqrt()
+    return scale, smoothed_mean.to(acc) - mean.to(acc) * scale
+
+
+def fds_calibrate_torch(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo, hi):
+    """Eager PyTorch version (fallback and benchmark baseline); differentiable through autograd."""
+    scale, shift = calibration_coefficients(features.dtype, mean, var, smoothed_mean, smoothed_var,
+                                            lo, hi)
+    b = mean.shape[0]
+    idx = bin_index.long()
+    valid = (idx >= 0) & (idx < b)
+    safe = idx.clamp(0, b - 1)
+    acc = scale.dtype
+    out = features.to(acc) * scale[safe] + shift[safe]
+    return torch.where(valid[:, None], out, features.to(acc)).to(features.dtype)
+
+
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("ssir_fast::fds_calibrate")
+    def _fds_calibrate_fake(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo, hi):
+        return torch.empty_like(features, memory_format=torch.contiguous_format)
+
+    def _setup_context(ctx, inputs, output):
+        features, bin_index, mean, var, smoothed_mean, smoothed_var, lo, hi = inputs
+        ctx.save_for_backward(bin_index, var, smoothed_var)
+        ctx.lo, ctx.hi = lo, hi
+
+    def _backward(ctx, grad):
+        """grad_z = grad * scale[b] (grad unchanged for ignored samples): the op with zero means."""
+        bin_index, var, smoothed_var = ctx.saved_tensors
+        zeros = torch.zeros_like(var)
+        grad_features = torch.ops.ssir_fast.fds_calibrate.default(
+            grad.contiguous(), bin_index, zeros, var, zeros, smoothed_var, ctx.lo, ctx.hi)
+        return grad_features, None, None, None, None, None, None, None
+
+    torch.library.register_autograd("ssir_fast::fds_calibrate", _backward,
+                                    setup_context=_setup_context)
