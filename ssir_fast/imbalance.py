@@ -6,7 +6,18 @@ metrics and the SSIR bin width, so nobody re-derives bins:
     bin(y) = clamp(floor((y - y_min) / bin_width), 0, num_bins - 1)
 
 Labels outside [y_min, y_min + num_bins * bin_width) fall into the edge bins (the DIR age
-convention merges labels >= 120 into bin 120 with num_bins = 121).
+convention merges labels >= 120 into bin 120 with num_bins = 121: `LabelBins.dir_age()`); with
+`clamp=False` they get index -1 instead, which the FDS ops and samplers treat as "ignore".
+
+Re-weighting (SPEC 4, as in the DIR code): per-bin effective counts
+
+    c_b = count_b                          reweight="none"     (weights all 1)
+    c_b = clip(count_b, 5, 1000)           reweight="inverse"  (INV)
+    c_b = sqrt(count_b)                    reweight="sqrt_inv" (SQINV)
+    c_b <- sum_k K[k] c_{b+k}              lds=True (LDS: zero padding, K the window of lds_kernel)
+    w_i = s / c_{bin(y_i)},   s such that mean_i w_i = 1 over the training labels.
+
+Dense labels (depth maps) are binned per pixel; the weights have the labels' shape.
 """
 import math
 from dataclasses import dataclass
@@ -14,7 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["LabelBins"]
+__all__ = ["LabelBins", "lds_kernel", "bin_weights", "sample_weights", "lookup_weights",
+           "weighted_sampler", "REWEIGHTS", "KERNELS"]
+
+REWEIGHTS = ("none", "inverse", "sqrt_inv")
+KERNELS = ("gaussian", "triang", "laplace")
 
 
 @dataclass(frozen=True)
@@ -22,6 +37,7 @@ class LabelBins:
     y_min: float
     bin_width: float
     num_bins: int
+    clamp: bool = True  # out-of-range labels go to the edge bins (True) or get index -1 (False)
 
     def __post_init__(self):
         if not (math.isfinite(self.y_min)):
@@ -30,6 +46,12 @@ class LabelBins:
             raise ValueError(f"bin_width must be finite and > 0, got {self.bin_width}")
         if int(self.num_bins) != self.num_bins or self.num_bins < 1:
             raise ValueError(f"num_bins must be an integer >= 1, got {self.num_bins}")
+
+    @classmethod
+    def dir_age(cls, max_target=121):
+        """The DIR age bins: integer ages 0..max_target-1, ages >= max_target - 1 merged into the
+        last bin."""
+        return cls(0.0, 1.0, int(max_target))
 
     @property
     def y_max(self):
@@ -53,9 +75,14 @@ class LabelBins:
         """Bin index of each label (int64, same type family as the input: tensor or ndarray)."""
         if isinstance(labels, torch.Tensor):
             idx = torch.floor((labels.double() - self.y_min) / self.bin_width).long()
-            return idx.clamp_(0, self.num_bins - 1)
+            if self.clamp:
+                return idx.clamp_(0, self.num_bins - 1)
+            return torch.where((idx >= 0) & (idx < self.num_bins), idx, torch.full_like(idx, -1))
         y = np.asarray(labels, dtype=np.float64)
-        return np.clip(np.floor((y - self.y_min) / self.bin_width), 0, self.num_bins - 1).astype(np.int64)
+        f = np.floor((y - self.y_min) / self.bin_width)
+        if self.clamp:
+            return np.clip(f, 0, self.num_bins - 1).astype(np.int64)
+        return np.where((f >= 0) & (f < self.num_bins), f, -1).astype(np.int64)
 
     def edges(self):
         """num_bins + 1 bin edges (float64 numpy)."""
@@ -68,4 +95,139 @@ class LabelBins:
         """Number of labels per bin (int64 numpy, length num_bins)."""
         idx = self.index(np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor)
                                     else labels, dtype=np.float64).reshape(-1))
-        return np.bincount(idx, minlength=self.num_bins).astype(np.int64)
+        return np.bincount(idx[idx >= 0], minlength=self.num_bins).astype(np.int64)
+
+
+def _to_numpy_labels(labels, name="labels"):
+    y = labels.detach().cpu().double().numpy() if isinstance(labels, torch.Tensor) else \
+        np.asarray(labels, dtype=np.float64)
+    if y.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.isfinite(y).all():
+        raise ValueError(f"{name} contains NaN or inf ({int((~np.isfinite(y)).sum())} values); "
+                         f"mask invalid labels before computing weights")
+    return y
+
+
+def _check_window(kernel, ks, sigma):
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if isinstance(ks, bool) or int(ks) != ks or ks < 1 or ks % 2 == 0:
+        raise ValueError(f"ks must be an odd integer >= 1 (a symmetric window), got {ks!r}")
+    if kernel != "triang" and not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be finite and > 0, got {sigma!r}")
+    return int(ks)
+
+
+def _gaussian_filter_delta(ks, sigma, truncate=4.0):
+    """scipy.ndimage.gaussian_filter1d of a centred delta of length ks (mode 'reflect'):
+    correlation with the sampled Gaussian of radius int(truncate * sigma + 0.5), normalised to sum
+    1, on the input extended by half-sample symmetric reflection."""
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    g /= g.sum()
+    delta = np.zeros(ks)
+    delta[ks // 2] = 1.0
+    padded = np.pad(delta, radius, mode="symmetric")  # repeats the reflection when radius > ks
+    return np.array([padded[i:i + 2 * radius + 1] @ g for i in range(ks)])
+
+
+def lds_kernel(kernel="gaussian", ks=5, sigma=2.0):
+    """The LDS window (float64 numpy, length ks, maximum 1), as in the DIR code:
+
+    gaussian: gaussian_filter1d(delta, sigma) / max;  triang: scipy.signal.windows.triang(ks)
+    (1 - 2|x| / (ks + 1));  laplace: exp(-|x| / sigma) / (2 sigma) / max = exp(-|x| / sigma),
+    for x in [-(ks-1)/2, (ks-1)/2]. FDS uses the same window divided by its sum."""
+    ks = _check_window(kernel, ks, sigma)
+    half = (ks - 1) // 2
+    x = np.arange(-half, half + 1, dtype=np.float64)
+    if kernel == "gaussian":
+        w = _gaussian_filter_delta(ks, float(sigma))
+    elif kernel == "triang":
+        w = 1.0 - 2.0 * np.abs(x) / (ks + 1)
+    else:
+        w = np.exp(-np.abs(x) / sigma) / (2.0 * sigma)
+    return w / w.max()
+
+
+def _convolve_constant(values, window):
+    """Same-size correlation with zero padding (scipy convolve1d mode='constant' for a symmetric
+    window)."""
+    half = len(window) // 2
+    padded = np.concatenate([np.zeros(half), values, np.zeros(half)])
+    return np.array([padded[i:i + len(window)] @ window for i in range(len(values))])
+
+
+def bin_weights(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussian", ks=5, sigma=2.0):
+    """Per-bin weights [num_bins] (float64 numpy) such that w[bins.index(labels)] has mean 1.
+
+    Bins that no label falls into and whose effective count is 0 get weight 0."""
+    if reweight not in REWEIGHTS:
+        raise ValueError(f"reweight must be one of {REWEIGHTS}, got {reweight!r}")
+    if lds and reweight == "none":
+        raise ValueError("LDS smooths the counts of a re-weighting scheme: use reweight='inverse' "
+                         "or 'sqrt_inv' with lds=True")
+    if not isinstance(bins, LabelBins):
+        raise TypeError(f"bins must be a LabelBins, got {type(bins).__name__}")
+    window = lds_kernel(kernel, ks, sigma) if lds else None
+    y = _to_numpy_labels(labels).reshape(-1)
+    idx = bins.index(y)
+    idx = idx[idx >= 0]
+    if idx.size == 0:
+        raise ValueError("no label falls inside the bins (clamp=False)")
+    counts = np.bincount(idx, minlength=bins.num_bins).astype(np.float64)
+    if reweight == "none":
+        return np.ones(bins.num_bins)
+    eff = np.clip(counts, 5, 1000) if reweight == "inverse" else np.sqrt(counts)
+    if lds:
+        eff = _convolve_constant(eff, window)
+    inv = np.where(eff > 0, 1.0 / np.where(eff > 0, eff, 1.0), 0.0)
+    return inv * (idx.size / (counts * inv).sum())
+
+
+def lookup_weights(labels, weights_per_bin, bins):
+    """Dense look-up: weights_per_bin[bins.index(labels)], with the labels' shape and type family
+    (float32 tensor on the labels' device, or float32 numpy). Out-of-range labels (clamp=False)
+    get weight 0."""
+    w = np.asarray(weights_per_bin, dtype=np.float64)
+    if w.shape != (bins.num_bins,):
+        raise ValueError(f"weights_per_bin must have shape [{bins.num_bins}], got {w.shape}")
+    if isinstance(labels, torch.Tensor):
+        idx = bins.index(labels)
+        table = torch.as_tensor(np.append(w, 0.0), dtype=torch.float32, device=labels.device)
+        return table[torch.where(idx >= 0, idx, torch.full_like(idx, bins.num_bins))]
+    idx = bins.index(np.asarray(labels, dtype=np.float64))
+    return np.append(w, 0.0)[np.where(idx >= 0, idx, bins.num_bins)].astype(np.float32)
+
+
+def sample_weights(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussian", ks=5,
+                   sigma=2.0):
+    """Per-sample (or per-pixel) re-weighting factors with mean 1 over `labels` (SPEC 4).
+
+    Args:
+        labels: training labels, any shape (dense maps included), tensor or array-like.
+        bins: the LabelBins shared with the rest of the pipeline.
+        reweight: "none", "inverse" (INV, counts clipped to [5, 1000]) or "sqrt_inv" (SQINV).
+        lds: smooth the (clipped / square-rooted) counts with the LDS window first.
+        kernel, ks, sigma: LDS window (paper: gaussian, 5, 2); ks odd >= 1.
+
+    Returns weights with the labels' shape: float32 tensor for tensor labels, float32 numpy
+    otherwise."""
+    w = bin_weights(labels, bins, reweight, lds, kernel, ks, sigma)
+    return lookup_weights(labels, w, bins)
+
+
+def weighted_sampler(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussian", ks=5,
+                     sigma=2.0, num_samples=None, replacement=True, generator=None):
+    """Re-sampling instead of re-weighting: a torch WeightedRandomSampler drawing sample i with
+    probability proportional to its re-weighting factor (use the loss unweighted then).
+
+    `labels` holds one label per sample (dense labels: pass one summary value per sample)."""
+    y = _to_numpy_labels(labels, "labels")
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D (one label per sample), got shape {y.shape}")
+    w = sample_weights(y, bins, reweight, lds, kernel, ks, sigma)
+    return torch.utils.data.WeightedRandomSampler(
+        torch.as_tensor(w, dtype=torch.float64), num_samples or len(w), replacement=replacement,
+        generator=generator)
