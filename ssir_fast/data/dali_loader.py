@@ -35,6 +35,22 @@ def dali_available():
         return False
 
 
+def _wants_mask(loader):
+    return loader.dataset.kind == "depth" and loader.split == "test"
+
+
+def _columns(loader):
+    """(name, DALI dtype name, layout) of the external source's outputs for this loader."""
+    cols = [("encoded", "UINT8", None), ("position", "INT64", None)]
+    if loader.augment:
+        cols += [("anchor", "INT32", None), ("flip", "INT32", None)]
+    if loader.dataset.kind == "depth":
+        cols.append(("depth", "FLOAT", "HWC"))
+    if _wants_mask(loader):
+        cols.append(("mask", "UINT8", "HWC"))
+    return cols
+
+
 class _Source:
     """Per-batch callable for ``external_source``: walks the epoch order batch by batch."""
 
@@ -56,29 +72,25 @@ class _Source:
         while self.cursor < len(order):
             lo, hi = self.cursor, min(self.cursor + ld.batch_size, len(order))
             self.cursor = hi
-            cols = [[] for _ in range(6 if depth else 4)]
+            cols = [[] for _ in _columns(ld)]
             for p in range(lo, hi):
                 i = int(order[p])
                 try:
-                    data = read_image_bytes(ld.view, i)
+                    row = [read_image_bytes(ld.view, i), np.array([p], np.int64)]
+                    if ld.augment:
+                        row += [anchors[i].copy(), np.array(flips[i], np.int32)]
                     if depth:
-                        d = ld._read_depth(i)[..., None]
-                        m = ld._test_mask(i)
-                        m = (np.ones(d.shape, np.uint8) if m is None
-                             else m.astype(np.uint8)[..., None])
+                        row.append(ld._read_depth(i)[..., None])
+                    if _wants_mask(ld):
+                        row.append(ld._test_mask(i).astype(np.uint8)[..., None])
                 except DataError as e:
                     if ld.on_error == "raise":
                         self.error = e
                         raise
                     ld._skip(str(e))
                     continue
-                cols[0].append(data)
-                cols[1].append(np.array([p], np.int64))
-                cols[2].append(anchors[i].copy())
-                cols[3].append(np.array(flips[i], np.int32))
-                if depth:
-                    cols[4].append(d)
-                    cols[5].append(m)
+                for c, v in zip(cols, row):
+                    c.append(v)
             if cols[0]:
                 self.fed.append([int(c[0]) for c in cols[1]])
                 return tuple(cols)
@@ -98,37 +110,36 @@ def _build_pipeline(loader, source, device_id):
                   device_id=device_id, prefetch_queue_depth=loader.prefetch, seed=loader.seed,
                   exec_dynamic=True)
     def pipe():
-        dtypes = [types.UINT8, types.INT64, types.INT32, types.INT32]
-        layouts = [None, None, None, None]
-        if depth:
-            dtypes += [types.FLOAT, types.UINT8]
-            layouts += ["HWC", "HWC"]
-        outs = fn.external_source(source=source, num_outputs=len(dtypes), batch=True,
-                                  dtype=dtypes, layout=layouts)
-        enc, pos, anchor, flip = outs[:4]
-        img = fn.decoders.image(enc, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        spec = _columns(loader)
+        outs = fn.external_source(source=source, num_outputs=len(spec), batch=True,
+                                  dtype=[getattr(types, t) for _, t, _ in spec],
+                                  layout=[lay for _, _, lay in spec])
+        node = dict(zip([name for name, _, _ in spec], outs))
+        img = fn.decoders.image(node["encoded"], device="mixed" if gpu else "cpu",
+                                output_type=types.RGB)
         img = fn.resize(img, resize_x=w, resize_y=h, interp_type=types.INTERP_LINEAR,
                         antialias=True)
+        extra = []
         if depth:
-            dep, msk = outs[4], outs[5]
-            if gpu:
-                dep, msk = dep.gpu(), msk.gpu()
+            dep = node["depth"].gpu() if gpu else node["depth"]
             dep = fn.resize(dep, resize_x=w, resize_y=h, interp_type=types.INTERP_NN,
                             antialias=False)
+            if loader.augment:
+                dep = fn.slice(dep, start=node["anchor"], shape=[h, w], axis_names="HW",
+                               out_of_bounds_policy="pad", fill_values=0)
+                dep = fn.flip(dep, horizontal=node["flip"])
+            extra.append(fn.transpose(dep, perm=[2, 0, 1]))
+        if "mask" in node:
+            msk = node["mask"].gpu() if gpu else node["mask"]
             msk = fn.resize(msk, resize_x=w, resize_y=h, interp_type=types.INTERP_NN,
                             antialias=False)
+            extra.append(fn.transpose(msk, perm=[2, 0, 1]))
         if loader.augment:
-            img = fn.slice(img, start=anchor, shape=[h, w], axis_names="HW",
+            img = fn.slice(img, start=node["anchor"], shape=[h, w], axis_names="HW",
                            out_of_bounds_policy="pad", fill_values=0)
-            if depth:
-                dep = fn.slice(dep, start=anchor, shape=[h, w], axis_names="HW",
-                               out_of_bounds_policy="pad", fill_values=0)
-                dep = fn.flip(dep, horizontal=flip)
         img = fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=mean,
-                                       std=std, mirror=flip if loader.augment else 0)
-        if depth:
-            return img, pos, fn.transpose(dep, perm=[2, 0, 1]), fn.transpose(msk, perm=[2, 0, 1])
-        return img, pos
+                                       std=std, mirror=node["flip"] if loader.augment else 0)
+        return (img, node["position"], *extra)
 
     return pipe()
 
@@ -197,7 +208,7 @@ class DaliImageLoader(ImageLoaderBase):
             d = m = None
             if depth:
                 d = _to_torch(outs[2], self.device)
-                m = _to_torch(outs[3], self.device).bool() if self.split == "test" else None
+                m = _to_torch(outs[3], self.device).bool() if _wants_mask(self) else None
             yield self._finish(x, pos, order, depth=d, mask=m)
         self._pipe = None
         self._end_epoch()

@@ -65,8 +65,11 @@ def _angles(opts, rng):
     top = float(opts["max_angle"])
     train = np.minimum(rng.exponential(opts["tau"], int(opts["n_train"])), top - 1e-3)
     bins = np.arange(int(opts["max_angle"]), dtype=np.float64)
-    val = np.repeat(bins, opts["val_per_bin"]) + rng.uniform(0, 1, len(bins) * opts["val_per_bin"])
-    test = np.repeat(bins, opts["test_per_bin"]) + rng.uniform(0, 1, len(bins) * opts["test_per_bin"])
+    # inside [b + 0.001, b + 0.999] so that rounding to 3 decimals never changes the bin
+    val = np.repeat(bins, opts["val_per_bin"]) + rng.uniform(
+        0.001, 0.999, len(bins) * opts["val_per_bin"])
+    test = np.repeat(bins, opts["test_per_bin"]) + rng.uniform(
+        0.001, 0.999, len(bins) * opts["test_per_bin"])
     # round so the CSV text equals the angle the image was rotated by
     return {s: np.round(a, 3) for s, a in (("train", train), ("val", val), ("test", test))}
 
