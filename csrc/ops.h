@@ -33,4 +33,9 @@ at::Tensor fds_calibrate_cpu(const at::Tensor& features, const at::Tensor& bin_i
                              const at::Tensor& smoothed_mean, const at::Tensor& smoothed_var,
                              double lo, double hi);
 
+// ---- bin_reduce: per-bin DIR metric sums, [num_bins, 12] float64 ----------------------------
+at::Tensor bin_reduce_cpu(const at::Tensor& pred, const at::Tensor& target, double y_min,
+                          double bin_width, int64_t num_bins, const std::optional<at::Tensor>& mask,
+                          double floor, bool allow_nonfinite);
+
 }  // namespace ssir_fast

@@ -26,6 +26,12 @@ TORCH_LIBRARY(ssir_fast, m) {
   m.def("perturb_out(Tensor x, Tensor g, float epsilon, Tensor? clip_min, Tensor? clip_max, "
         "Tensor(a!) out) -> ()");
 
+  // Per-bin DIR metric sums (SPEC 3.2): a [num_bins, 12] float64 table, columns in
+  // csrc/bin_reduce_common.h. Targets outside the bin range go to the edge bins (and are counted);
+  // mask (bool, pred's shape) selects pairs; NaN/inf pairs raise unless allow_nonfinite.
+  m.def("bin_reduce(Tensor pred, Tensor target, float y_min, float bin_width, int num_bins, "
+        "Tensor? mask=None, float floor=1e-8, bool allow_nonfinite=False) -> Tensor");
+
   // FDS (SPEC 3.3), see csrc/fds_common.h: per-bin count [B] (int64), mean and variance [B, C]
   // (float32, float64 for float64 features) of features [N, C]; indices outside [0, B) ignored.
   m.def("bin_feature_stats(Tensor features, Tensor bin_index, int num_bins, bool unbiased=True) "

@@ -76,3 +76,100 @@ def naive_ssir_loss(model, x, y, bin_width=1.0, epsilon=1e-3, lam=0.1, distance=
     supervised = base_loss(pred, y.reshape(pred.shape), weight)
     consistency = D(model(x_adv), y_tilde)
     return supervised + lam * consistency, pred, x_adv
+
+
+# ---- DIR evaluation (SPEC 3.2, 5) ------------------------------------------------------------
+def _np64(x):
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
+    import numpy as np
+    return np.asarray(x, dtype=np.float64).reshape(-1)
+
+
+def bin_reduce_reference(pred, target, y_min, bin_width, num_bins, mask=None, floor=1e-8):
+    """float64 numpy `bin_reduce`, one bin at a time (columns as ssir_fast.ops.bin_reduce.COLUMNS;
+    NaN/inf pairs are counted in the last column and excluded)."""
+    import numpy as np
+    p, y = _np64(pred), _np64(target)
+    if mask is not None:
+        m = _np64(mask) != 0
+        p, y = p[m], y[m]
+    table = np.zeros((num_bins, 12))
+    ok = np.isfinite(p) & np.isfinite(y)
+    for yi in y[~ok]:
+        k = int(np.clip(np.floor((yi - y_min) / bin_width), 0, num_bins - 1)) if np.isfinite(yi) else 0
+        table[k, 11] += 1
+    p, y = p[ok], y[ok]
+    t = np.floor((y - y_min) / bin_width)
+    b = np.clip(t, 0, num_bins - 1).astype(np.int64)
+    for k in range(num_bins):
+        sel = b == k
+        pk, yk, tk = p[sel], y[sel], t[sel]
+        e = pk - yk
+        a = np.abs(e)
+        pc, yc = np.maximum(pk, floor), np.maximum(yk, floor)
+        r = np.maximum(pc / yc, yc / pc)
+        table[k] = [sel.sum(), a.sum(), (e * e).sum(), np.log(np.maximum(a, floor)).sum(),
+                    (a < floor).sum(), (r < 1.25).sum(), (r < 1.25 ** 2).sum(), (r < 1.25 ** 3).sum(),
+                    (a / yc).sum(), np.abs(np.log10(pc) - np.log10(yc)).sum(),
+                    ((tk < 0) | (tk >= num_bins)).sum(), table[k, 11]]
+    return table
+
+
+def dir_shot_metrics_numpy(preds, labels, train_labels, y_min=0.0, bin_width=1.0, num_bins=None,
+                           many_thr=100, few_thr=20, floor=1e-8):
+    """The DIR shot metrics as the official DIR code computes them: a Python loop over the test
+    bins with numpy masks, all in float64 (the correctness reference of ssir_fast.metrics and the
+    "numpy loop" baseline of the benchmarks).
+
+    A test pair belongs to the group of its bin's TRAINING count: many > many_thr, few < few_thr,
+    medium otherwise. Group metrics are averages over the group's test pairs; bmae is the mean of
+    the per-bin MAE over the group's non-empty test bins; gm = exp(mean log max(|e|, floor)).
+    Unlike the official code, an empty group gives NaN instead of crashing.
+    Returns {"all"|"many"|"medium"|"few": {"mae", "mse", "rmse", "gm", "bmae", "count", "delta1",
+    "delta2", "delta3", "absrel", "log10"}}.
+    """
+    import numpy as np
+    p, y, ytr = _np64(preds), _np64(labels), _np64(train_labels)
+    if num_bins is None:
+        num_bins = int(np.floor((max(y.max(), ytr.max()) - y_min) / bin_width)) + 1
+    bin_of = lambda v: np.clip(np.floor((v - y_min) / bin_width), 0, num_bins - 1).astype(np.int64)  # noqa: E731
+    b, btr = bin_of(y), bin_of(ytr)
+    acc = {g: {"n": 0, "abs": 0.0, "sq": 0.0, "log": 0.0, "d1": 0, "d2": 0, "d3": 0, "rel": 0.0,
+               "l10": 0.0, "bin_mae": []} for g in ("all", "many", "medium", "few")}
+    for k in np.unique(b):
+        sel = b == k
+        n_train = int((btr == k).sum())
+        group = "many" if n_train > many_thr else ("few" if n_train < few_thr else "medium")
+        e = p[sel] - y[sel]
+        a = np.abs(e)
+        pc, yc = np.maximum(p[sel], floor), np.maximum(y[sel], floor)
+        r = np.maximum(pc / yc, yc / pc)
+        for g in ("all", group):
+            s = acc[g]
+            s["n"] += int(sel.sum())
+            s["abs"] += a.sum()
+            s["sq"] += (e ** 2).sum()
+            s["log"] += np.log(np.maximum(a, floor)).sum()
+            s["d1"] += int((r < 1.25).sum())
+            s["d2"] += int((r < 1.25 ** 2).sum())
+            s["d3"] += int((r < 1.25 ** 3).sum())
+            s["rel"] += (a / yc).sum()
+            s["l10"] += np.abs(np.log10(pc) - np.log10(yc)).sum()
+            s["bin_mae"].append(a.mean())
+    out = {}
+    for g, s in acc.items():
+        n = s["n"]
+        if n == 0:
+            out[g] = {key: float("nan") for key in ("mae", "mse", "rmse", "gm", "bmae", "delta1",
+                                                    "delta2", "delta3", "absrel", "log10")}
+            out[g]["count"] = 0
+            continue
+        out[g] = {"mae": s["abs"] / n, "mse": s["sq"] / n, "rmse": float(np.sqrt(s["sq"] / n)),
+                  "gm": float(np.exp(s["log"] / n)), "bmae": float(np.mean(s["bin_mae"])),
+                  "count": n, "delta1": s["d1"] / n, "delta2": s["d2"] / n, "delta3": s["d3"] / n,
+                  "absrel": s["rel"] / n, "log10": s["l10"] / n}
+    return out
+
+
+__all__ += ["bin_reduce_reference", "dir_shot_metrics_numpy"]

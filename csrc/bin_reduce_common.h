@@ -1,0 +1,92 @@
+// Device-independent part of the bin_reduce op (SPEC 3.2): the column layout of the per-bin table,
+// argument checks, and the per-element formulas shared by the CPU and CUDA kernels.
+//
+// For each pair (p = pred, y = target) selected by the mask:
+//   b      = clamp(floor((double(y) - y_min) / bin_width), 0, num_bins - 1)   (as LabelBins.index)
+//   e      = p - y,  a = |e|
+//   log_a  = log(max(a, floor))                       (GM; a < floor is counted in N_FLOORED)
+//   pc, yc = max(p, floor), max(y, floor)             (ratio metrics assume positive depths)
+//   q      = pc / yc,  r = max(q, 1/q)                (delta_k: r < 1.25^k)
+//   absrel = a / yc,   log10 = |log10(q)|
+// Pairs with a non-finite p or y are excluded from every column but N_NONFINITE, which counts them
+// in the target's bin (bin 0 when the target itself is not finite).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace ssir_fast {
+namespace bin_reduce {
+
+// Columns of the [num_bins, kCols] float64 table. Keep in sync with ssir_fast/ops/bin_reduce.py.
+enum Col : int {
+  COUNT = 0,         // pairs in the bin (finite, selected)
+  SUM_ABS = 1,       // sum |e|
+  SUM_SQ = 2,        // sum e^2
+  SUM_LOG_ABS = 3,   // sum log(max(|e|, floor))
+  N_FLOORED = 4,     // pairs with |e| < floor
+  N_DELTA1 = 5,      // pairs with max(p/y, y/p) < 1.25
+  N_DELTA2 = 6,      // ... < 1.25^2
+  N_DELTA3 = 7,      // ... < 1.25^3
+  SUM_ABSREL = 8,    // sum |e| / y
+  SUM_LOG10 = 9,     // sum |log10 p - log10 y|
+  N_OUT_OF_RANGE = 10,  // pairs whose target lies outside [y_min, y_min + num_bins * bin_width)
+  N_NONFINITE = 11,  // excluded pairs with NaN/inf in p or y
+  kCols = 12,
+};
+
+// Float sums first, then counts: the CUDA kernel keeps the two kinds in separate shared arrays.
+constexpr int kNumSums = 5;
+constexpr int kSumCols[kNumSums] = {SUM_ABS, SUM_SQ, SUM_LOG_ABS, SUM_ABSREL, SUM_LOG10};
+constexpr int kNumCounts = 7;
+constexpr int kCountCols[kNumCounts] = {COUNT, N_FLOORED, N_DELTA1, N_DELTA2, N_DELTA3,
+                                        N_OUT_OF_RANGE, N_NONFINITE};
+
+struct Params {
+  double y_min;
+  double bin_width;
+  int64_t num_bins;
+  double floor;
+};
+
+// Checks shared by all backends; returns the mask (undefined when absent) ready for a kernel.
+inline void check_args(const at::Tensor& pred, const at::Tensor& target, double y_min,
+                       double bin_width, int64_t num_bins, const std::optional<at::Tensor>& mask,
+                       double floor) {
+  TORCH_CHECK(pred.sizes() == target.sizes(), "bin_reduce: pred and target must have the same shape, "
+              "got pred ", pred.sizes(), " and target ", target.sizes());
+  TORCH_CHECK(pred.scalar_type() == target.scalar_type(), "bin_reduce: pred and target must have the "
+              "same dtype, got pred ", pred.scalar_type(), " and target ", target.scalar_type());
+  TORCH_CHECK(pred.device() == target.device(), "bin_reduce: pred and target must be on the same "
+              "device, got pred on ", pred.device(), " and target on ", target.device());
+  const auto t = pred.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble,
+              "bin_reduce: pred must be float32, float16, bfloat16 or float64, got ", t);
+  TORCH_CHECK(num_bins >= 1, "bin_reduce: num_bins must be >= 1, got ", num_bins);
+  TORCH_CHECK(std::isfinite(bin_width) && bin_width > 0, "bin_reduce: bin_width must be finite and "
+              "> 0, got ", bin_width);
+  TORCH_CHECK(std::isfinite(y_min), "bin_reduce: y_min must be finite, got ", y_min);
+  TORCH_CHECK(std::isfinite(floor) && floor > 0, "bin_reduce: floor must be finite and > 0, got ",
+              floor);
+  if (mask.has_value() && mask->defined()) {
+    const auto& m = *mask;
+    TORCH_CHECK(m.scalar_type() == at::kBool, "bin_reduce: mask must be a bool tensor, got ",
+                m.scalar_type());
+    TORCH_CHECK(m.sizes() == pred.sizes(), "bin_reduce: mask must have pred's shape ", pred.sizes(),
+                ", got ", m.sizes());
+    TORCH_CHECK(m.device() == pred.device(), "bin_reduce: mask must be on pred's device ",
+                pred.device(), ", got ", m.device());
+  }
+}
+
+inline void check_nonfinite(const at::Tensor& table, bool allow_nonfinite) {
+  if (allow_nonfinite) return;
+  // One scalar read: a device sync on CUDA (documented in the Python wrapper).
+  const double bad = table.select(1, N_NONFINITE).sum().item<double>();
+  TORCH_CHECK(bad == 0, "bin_reduce: pred or target contains NaN or inf (", static_cast<int64_t>(bad),
+              " pairs); pass allow_nonfinite=True to count and exclude them");
+}
+
+}  // namespace bin_reduce
+}  // namespace ssir_fast

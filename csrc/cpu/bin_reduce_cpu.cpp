@@ -1,0 +1,157 @@
+// CPU kernel of ssir_fast::bin_reduce: one pass over (pred, target[, mask]) filling a
+// [num_bins, 12] float64 table of per-bin sums and counts (columns in bin_reduce_common.h).
+//
+// The flat input is split by at::parallel_for into contiguous ranges; each thread accumulates into
+// its own partial table (no sharing, no atomics) and the partials are summed at the end, so the
+// result is deterministic for a fixed thread count. Per-element math is fp32 for fp32/fp16/bf16
+// (fp64 for fp64) and every sum is accumulated in float64. Consecutive pairs that fall in the same
+// bin (depth maps: neighbouring pixels) are summed in registers and written to the table once per
+// run, which keeps the store->load chain on one table row out of the inner loop.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "bin_reduce_common.h"
+#include "ops.h"
+
+namespace ssir_fast {
+namespace {
+
+using namespace bin_reduce;
+
+constexpr int64_t kGrain = 1 << 15;
+
+// Register accumulator for one run of pairs in the same bin.
+struct Run {
+  double s_abs = 0, s_sq = 0, s_log = 0, s_rel = 0, s_l10 = 0;
+  int64_t n = 0, n_floor = 0, d1 = 0, d2 = 0, d3 = 0, n_oor = 0;
+
+  void flush(double* row) {
+    row[COUNT] += static_cast<double>(n);
+    row[SUM_ABS] += s_abs;
+    row[SUM_SQ] += s_sq;
+    row[SUM_LOG_ABS] += s_log;
+    row[N_FLOORED] += static_cast<double>(n_floor);
+    row[N_DELTA1] += static_cast<double>(d1);
+    row[N_DELTA2] += static_cast<double>(d2);
+    row[N_DELTA3] += static_cast<double>(d3);
+    row[SUM_ABSREL] += s_rel;
+    row[SUM_LOG10] += s_l10;
+    row[N_OUT_OF_RANGE] += static_cast<double>(n_oor);
+    *this = Run();
+  }
+};
+
+template <typename acc_t>
+inline bool finite(acc_t v) {
+  return std::isfinite(v);
+}
+
+// Bin of a finite target; sets `oor` when it was clamped into an edge bin.
+inline int64_t bin_of(double y, const Params& P, bool& oor) {
+  const double t = std::floor((y - P.y_min) / P.bin_width);
+  oor = !(t >= 0 && t < static_cast<double>(P.num_bins));
+  if (t < 0) return 0;
+  if (t >= static_cast<double>(P.num_bins)) return P.num_bins - 1;
+  return static_cast<int64_t>(t);
+}
+
+template <typename scalar_t>
+void reduce_range(const scalar_t* pred, const scalar_t* target, const bool* mask, int64_t begin,
+                  int64_t end, const Params& P, double* table) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const acc_t fl = static_cast<acc_t>(P.floor);
+  const acc_t inv_ln10 = static_cast<acc_t>(1.0 / std::log(10.0));
+  const acc_t t1 = acc_t(1.25), t2 = acc_t(1.5625), t3 = acc_t(1.953125);  // 1.25^k, exact
+  Run run;
+  int64_t cur = -1;
+  for (int64_t i = begin; i < end; ++i) {
+    if (mask != nullptr && !mask[i]) continue;
+    const acc_t p = static_cast<acc_t>(pred[i]);
+    const acc_t y = static_cast<acc_t>(target[i]);
+    bool oor = false;
+    if (!finite(p) || !finite(y)) {
+      const int64_t b = finite(y) ? bin_of(static_cast<double>(y), P, oor) : 0;
+      table[b * kCols + N_NONFINITE] += 1;
+      continue;
+    }
+    const int64_t b = bin_of(static_cast<double>(y), P, oor);
+    if (b != cur) {
+      if (cur >= 0) run.flush(table + cur * kCols);
+      cur = b;
+    }
+    const acc_t e = p - y;
+    const acc_t a = std::abs(e);
+    const bool floored = a < fl;
+    const acc_t pc = std::max(p, fl), yc = std::max(y, fl);
+    const acc_t q = pc / yc;
+    const acc_t r = std::max(q, acc_t(1) / q);
+    run.n += 1;
+    run.s_abs += static_cast<double>(a);
+    run.s_sq += static_cast<double>(e) * static_cast<double>(e);
+    run.s_log += static_cast<double>(std::log(floored ? fl : a));
+    run.n_floor += floored;
+    run.d1 += r < t1;
+    run.d2 += r < t2;
+    run.d3 += r < t3;
+    run.s_rel += static_cast<double>(a / yc);
+    run.s_l10 += static_cast<double>(std::abs(std::log(q)) * inv_ln10);
+    run.n_oor += oor;
+  }
+  if (cur >= 0) run.flush(table + cur * kCols);
+}
+
+template <typename scalar_t>
+void reduce_all(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& mask,
+                const Params& P, at::Tensor& out) {
+  const int64_t n = pred.numel();
+  const int64_t width = P.num_bins * kCols;
+  const scalar_t* pp = pred.const_data_ptr<scalar_t>();
+  const scalar_t* tp = target.const_data_ptr<scalar_t>();
+  const bool* mp = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
+  const int nt = at::get_num_threads();
+  // One partial table per thread; parallel_for may hand a thread several ranges, all added to
+  // its own table.
+  std::vector<double> partial(static_cast<size_t>(nt) * width, 0.0);
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    double* table = partial.data() + static_cast<int64_t>(at::get_thread_num()) * width;
+    reduce_range<scalar_t>(pp, tp, mp, begin, end, P, table);
+  });
+  double* op = out.mutable_data_ptr<double>();
+  for (int t = 0; t < nt; ++t) {
+    const double* src = partial.data() + static_cast<int64_t>(t) * width;
+    for (int64_t j = 0; j < width; ++j) op[j] += src[j];
+  }
+}
+
+}  // namespace
+
+at::Tensor bin_reduce_cpu(const at::Tensor& pred, const at::Tensor& target, double y_min,
+                          double bin_width, int64_t num_bins, const std::optional<at::Tensor>& mask,
+                          double floor, bool allow_nonfinite) {
+  check_args(pred, target, y_min, bin_width, num_bins, mask, floor);
+  const Params P{y_min, bin_width, num_bins, floor};
+  // Flat contiguous views: no copy for contiguous inputs (dense maps are just flattened).
+  at::Tensor pc = pred.contiguous(), tc = target.contiguous();
+  at::Tensor mc = (mask.has_value() && mask->defined()) ? mask->contiguous() : at::Tensor();
+  at::Tensor out = at::zeros({num_bins, kCols}, pred.options().dtype(at::kDouble));
+  if (pred.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pc.scalar_type(), "bin_reduce_cpu", [&] {
+      reduce_all<scalar_t>(pc, tc, mc, P, out);
+    });
+  }
+  check_nonfinite(out, allow_nonfinite);
+  return out;
+}
+
+}  // namespace ssir_fast
+
+TORCH_LIBRARY_IMPL(ssir_fast, CPU, m) {
+  m.impl("bin_reduce", &ssir_fast::bin_reduce_cpu);
+}

@@ -1,0 +1,154 @@
+"""Per-bin reduction of regression errors: the one pass behind the DIR metrics (SPEC 3.2).
+
+For every selected pair (p, y) of `pred` and `target` (any matching shape; dense maps are
+flattened) the op adds to row b of a [num_bins, 12] float64 table, where
+
+    b = clamp(floor((y - y_min) / bin_width), 0, num_bins - 1)      (as LabelBins.index)
+
+and the columns (constants below, `COLUMNS` names them) hold
+
+    COUNT           n                       N_FLOORED        #{|e| < floor}
+    SUM_ABS         sum |e|,  e = p - y     N_DELTA1..3      #{max(p'/y', y'/p') < 1.25^k}, k=1,2,3
+    SUM_SQ          sum e^2                 SUM_ABSREL       sum |e| / y'
+    SUM_LOG_ABS     sum log max(|e|, floor) SUM_LOG10        sum |log10 p' - log10 y'|
+    N_OUT_OF_RANGE  #{y outside [y_min, y_min + num_bins * bin_width)}, counted in the edge bin
+    N_NONFINITE     #{p or y NaN/inf}, excluded from all other columns (bin 0 if y is not finite)
+
+with p' = max(p, floor), y' = max(y, floor): the ratio metrics (delta, AbsRel, log10) are meant
+for positive targets (depth). GM = exp(SUM_LOG_ABS / COUNT): an exact zero error would make the
+geometric mean 0, so errors below `floor` (default 1e-8) count as `floor`; N_FLOORED says how often.
+
+Precision: per-pair math in fp32 for fp32/fp16/bf16 inputs (fp64 for fp64), every sum in fp64.
+The CPU result is deterministic for a fixed thread count; the CUDA kernel merges block partials
+with float64 atomics, so the order of additions (and the last bits of the sums) may vary from run
+to run. NaN/inf raise by default; on CUDA that check reads one number back (a device sync): pass
+`allow_nonfinite=True` for a sync-free call and inspect the N_NONFINITE column yourself.
+
+Kernels: csrc/cpu/bin_reduce_cpu.cpp, csrc/cuda/bin_reduce_cuda.cu; float64 reference:
+ssir_fast.reference.bin_reduce_reference.
+"""
+import math
+import numbers
+
+import torch
+
+from .._extension import HAS_CUDA_KERNELS, HAS_EXTENSION
+from ._common import require_float_dtype, require_positive, require_same, require_tensor
+
+__all__ = ["bin_reduce", "bin_reduce_torch", "COLUMNS", "NUM_COLUMNS", "DEFAULT_FLOOR"]
+
+COLUMNS = ("count", "sum_abs", "sum_sq", "sum_log_abs", "n_floored", "n_delta1", "n_delta2",
+           "n_delta3", "sum_absrel", "sum_log10", "n_out_of_range", "n_nonfinite")
+NUM_COLUMNS = len(COLUMNS)
+(COUNT, SUM_ABS, SUM_SQ, SUM_LOG_ABS, N_FLOORED, N_DELTA1, N_DELTA2, N_DELTA3, SUM_ABSREL,
+ SUM_LOG10, N_OUT_OF_RANGE, N_NONFINITE) = range(NUM_COLUMNS)
+DEFAULT_FLOOR = 1e-8
+
+
+def _check(pred, target, y_min, bin_width, num_bins, mask, floor):
+    require_tensor(pred, "pred")
+    require_tensor(target, "target")
+    require_float_dtype(pred, "pred")
+    require_same(pred, target, "pred", "target")
+    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral) or num_bins < 1:
+        raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}")
+    bin_width = require_positive(bin_width, "bin_width")
+    y_min = float(y_min)
+    if not math.isfinite(y_min):
+        raise ValueError(f"y_min must be finite, got {y_min}")
+    floor = require_positive(floor, "floor")
+    if mask is not None:
+        require_tensor(mask, "mask")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
+        if mask.shape != pred.shape:
+            raise ValueError(f"mask must have pred's shape {tuple(pred.shape)}, got "
+                             f"{tuple(mask.shape)}")
+        if mask.device != pred.device:
+            raise ValueError(f"mask must be on pred's device {pred.device}, got {mask.device}")
+    return float(y_min), bin_width, int(num_bins), floor
+
+
+def bin_reduce(pred, target, y_min, bin_width, num_bins, mask=None, floor=DEFAULT_FLOOR,
+               allow_nonfinite=False):
+    """Per-bin sums and counts of the errors pred - target: a [num_bins, 12] float64 tensor.
+
+    Args:
+        pred, target: float32/float16/bfloat16/float64 tensors of the same shape, dtype and device.
+        y_min, bin_width, num_bins: uniform bins [y_min + b * bin_width, y_min + (b+1) * bin_width).
+        mask: optional bool tensor of pred's shape; only pairs where it is True count. It is read
+            by the kernel in the same pass (no gathered copy of pred/target is made).
+        floor: tiny positive value for the GM log and the ratio metrics (module docstring).
+        allow_nonfinite: count NaN/inf pairs in N_NONFINITE and exclude them instead of raising.
+
+    The table is on pred's device; the columns are described in the module docstring.
+    """
+    y_min, bin_width, num_bins, floor = _check(pred, target, y_min, bin_width, num_bins, mask,
+                                               floor)
+    if HAS_EXTENSION and (pred.device.type == "cpu" or
+                          (pred.device.type == "cuda" and HAS_CUDA_KERNELS)):
+        return torch.ops.ssir_fast.bin_reduce.default(pred, target, y_min, bin_width, num_bins,
+                                                      mask, floor, bool(allow_nonfinite))
+    return bin_reduce_torch(pred, target, y_min, bin_width, num_bins, mask, floor,
+                            allow_nonfinite)
+
+
+def bin_reduce_torch(pred, target, y_min, bin_width, num_bins, mask=None, floor=DEFAULT_FLOOR,
+                     allow_nonfinite=False):
+    """Pure-PyTorch `bin_reduce` with one `torch.bincount` per column (the fallback when the
+    extension is not built, and the "torch.bincount" baseline of the benchmarks).
+
+    Same formulas and precision as the kernels (per-pair math in fp32, or fp64 for fp64 inputs)."""
+    acc = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    p, y = pred.reshape(-1).to(acc), target.reshape(-1).to(acc)
+    if mask is not None:
+        m = mask.reshape(-1)
+        p, y = p[m], y[m]
+    out = torch.zeros(num_bins, NUM_COLUMNS, dtype=torch.float64, device=pred.device)
+    ok = torch.isfinite(p) & torch.isfinite(y)
+    all_ok = bool(ok.all())
+    if not all_ok:
+        bad = ~ok
+        yb = y[bad]
+        bidx = torch.where(torch.isfinite(yb), torch.floor((yb.double() - y_min) / bin_width),
+                           torch.zeros_like(yb, dtype=torch.float64))
+        bidx = bidx.clamp(0, num_bins - 1).long()
+        out[:, N_NONFINITE] = torch.bincount(bidx, minlength=num_bins).double()
+        if not allow_nonfinite:
+            raise ValueError(f"pred or target contains NaN or inf ({int(bad.sum())} pairs); pass "
+                             f"allow_nonfinite=True to count and exclude them")
+        p, y = p[ok], y[ok]
+    t = torch.floor((y.double() - y_min) / bin_width)
+    oor = (t < 0) | (t >= num_bins)
+    b = t.clamp_(0, num_bins - 1).long()
+    e = p - y
+    a = e.abs()
+    fl = torch.tensor(floor, dtype=acc, device=p.device)
+    pc, yc = torch.maximum(p, fl), torch.maximum(y, fl)
+    q = pc / yc
+    r = torch.maximum(q, 1 / q)
+
+    def col(weights=None):
+        w = None if weights is None else weights.double()
+        return torch.bincount(b, weights=w, minlength=num_bins).double()
+
+    out[:, COUNT] = col()
+    out[:, SUM_ABS] = col(a)
+    out[:, SUM_SQ] = col(e.double() ** 2)
+    out[:, SUM_LOG_ABS] = col(torch.log(torch.maximum(a, fl)))
+    out[:, N_FLOORED] = col(a < fl)
+    for k, c in ((1, N_DELTA1), (2, N_DELTA2), (3, N_DELTA3)):
+        out[:, c] = col(r < 1.25 ** k)
+    out[:, SUM_ABSREL] = col(a / yc)
+    out[:, SUM_LOG10] = col(torch.log(q).abs() / math.log(10.0))
+    out[:, N_OUT_OF_RANGE] = col(oor)
+    return out
+
+
+# ---- torch.compile support ----------------------------------------------------------------
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("ssir_fast::bin_reduce")
+    def _bin_reduce_fake(pred, target, y_min, bin_width, num_bins, mask=None, floor=DEFAULT_FLOOR,
+                         allow_nonfinite=False):
+        return pred.new_empty((num_bins, NUM_COLUMNS), dtype=torch.float64)
