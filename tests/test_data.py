@@ -12,6 +12,7 @@ from PIL import Image
 
 import ssir_fast.data as D
 from ssir_fast.data import DataError
+from ssir_fast.data.datasets import _balanced_pixel_mask_np
 from ssir_fast.data.transforms import aug_params, epoch_order
 from _dir_data import depth_of, expected_image, write_dir_csv, write_nyud2
 
@@ -346,19 +347,24 @@ def test_depth_pairs_share_crop_and_flip(nyu):
     assert any(flips[order]) and (anchors[order] != 0).any()
 
 
-def test_balanced_pixel_mask_and_test_weights(nyu):
+@pytest.mark.parametrize("fn", [D.balanced_pixel_mask, _balanced_pixel_mask_np],
+                         ids=["package", "numpy_fallback"])
+def test_balanced_pixel_mask(fn):
     rng = np.random.default_rng(0)
     maps = rng.uniform(0.7, 3.0, size=(3, 20, 20))
     maps[0, 0, :5] = 9.95                         # a rare far bin with 5 pixels
     maps[1, 0, 0] = 0.0                           # invalid pixel, never selected
-    m = D.balanced_pixel_mask(maps, seed=1)
+    m = np.asarray(fn(maps, seed=1))
     assert m.shape == maps.shape and m.dtype == bool and not m[1, 0, 0]
     sel = np.floor((maps[m] - 0.7) / 0.1).astype(int)
     counts = np.bincount(sel, minlength=93)
     nonempty = np.bincount(np.floor((maps[maps >= 0.7] - 0.7) / 0.1).astype(int), minlength=93) > 0
     assert set(counts[nonempty].tolist()) == {5} and counts[~nonempty].sum() == 0
-    np.testing.assert_array_equal(m, D.balanced_pixel_mask(maps, seed=1))
-    assert not np.array_equal(m, D.balanced_pixel_mask(maps, seed=2))
+    np.testing.assert_array_equal(m, np.asarray(fn(maps, seed=1)))
+    assert not np.array_equal(m, np.asarray(fn(maps, seed=2)))
+
+
+def test_nyud2_test_weights_are_the_balanced_mask(nyu):
     # NYUD2 test batches: weights are the balanced mask, depth untouched (no augmentation)
     ds = D.load_dataset("nyud2", root=nyu, image_size=16)
     ld = D.make_loader(ds, "test", 3, backend="torch", num_workers=0)

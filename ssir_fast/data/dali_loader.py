@@ -89,6 +89,9 @@ class _Source:
                         raise
                     ld._skip(str(e))
                     continue
+                except Exception as e:  # a bug, not bad data: surface it unchanged
+                    self.error = e
+                    raise
                 for c, v in zip(cols, row):
                     c.append(v)
             if cols[0]:
@@ -196,7 +199,7 @@ class DaliImageLoader(ImageLoaderBase):
                 break
             except Exception as e:  # noqa: BLE001 - decoder/source failures become DataErrors
                 if self._source.error is not None:
-                    raise self._source.error from None
+                    raise self._source.error
                 failed = self._source.fed[0] if self._source.fed else []
                 files = [self.view.where(int(order[p])) for p in failed]
                 raise DataError(f"DALI failed on a batch of {len(files)} file(s) "

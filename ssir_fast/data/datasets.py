@@ -127,8 +127,9 @@ class DepthDataset(_Base):
             view = self.split("test")
             maps = np.stack([read_depth(p, self.depth_scale, where=view.where(i))
                              for i, p in enumerate(view.depth_paths)])
-            self._test_mask = _balanced_mask_fn()(maps, y_min=self.bins.y_min,
-                                                  bin_width=self.bins.bin_width, seed=0)
+            m = balanced_pixel_mask(maps, y_min=self.bins.y_min, bin_width=self.bins.bin_width,
+                                    y_max=self.bins.y_max, seed=0)
+            self._test_mask = np.asarray(m.cpu() if hasattr(m, "cpu") else m, dtype=bool)
         return self._test_mask
 
 
@@ -272,27 +273,22 @@ def read_depth(path, depth_scale=None, where=None):
     return d
 
 
-def balanced_pixel_mask(depth_maps, y_min=0.7, bin_width=0.1, seed=0, num_bins=None,
-                        per_bin=None):
-    """Balanced test pixels: the same number of pixels from every depth bin.
-
-    bin(d) = floor((d - y_min) / bin_width) for y_min <= d < y_min + num_bins * bin_width
-    (num_bins defaults to the 0.7-10 m range: 93). From each non-empty bin, ``per_bin`` pixels
-    (default: the smallest non-empty bin count) are drawn uniformly without replacement with a
-    seeded generator; a bin with fewer pixels contributes all of them. Returns a bool array with
-    the shape of ``depth_maps``.
-    """
+def _balanced_pixel_mask_np(depth_maps, y_min=0.7, bin_width=0.1, y_max=10.0, per_bin=None,
+                            seed=0):
+    """Fallback of `ssir_fast.metrics.balanced_pixel_mask` (same signature and rule) for when the
+    metrics module cannot be imported: from every non-empty bin of width ``bin_width`` in
+    [y_min, y_max), ``per_bin`` pixels (default: the smallest non-empty bin count) drawn uniformly
+    without replacement; a bin with fewer pixels keeps all of them. Returns a bool numpy array."""
     d = np.asarray(depth_maps, dtype=np.float64)
-    if num_bins is None:
-        num_bins = int(round((10.0 - y_min) / bin_width))
+    num_bins = int(round((y_max - y_min) / bin_width))
     idx = np.floor((d.reshape(-1) - y_min) / bin_width)
-    valid = (idx >= 0) & (idx < num_bins)
+    valid = np.isfinite(idx) & (idx >= 0) & (idx < num_bins) & (d.reshape(-1) < y_max)
     flat = np.flatnonzero(valid)
-    b = idx[flat].astype(np.int64)
-    counts = np.bincount(b, minlength=num_bins)
     mask = np.zeros(d.size, dtype=bool)
     if flat.size == 0:
         return mask.reshape(d.shape)
+    b = idx[flat].astype(np.int64)
+    counts = np.bincount(b, minlength=num_bins)
     k = int(counts[counts > 0].min()) if per_bin is None else int(per_bin)
     rng = np.random.default_rng(seed)
     order = np.argsort(b, kind="stable")
@@ -304,13 +300,10 @@ def balanced_pixel_mask(depth_maps, y_min=0.7, bin_width=0.1, seed=0, num_bins=N
     return mask.reshape(d.shape)
 
 
-def _balanced_mask_fn():
-    """The metrics module's mask when it exists (one definition for the whole package)."""
-    try:
-        from ..metrics import balanced_pixel_mask as fn  # noqa: PLC0415
-        return fn
-    except Exception:  # noqa: BLE001 - metrics module absent or partially built
-        return balanced_pixel_mask
+try:  # one definition for the package: the evaluation module's (torch, any device)
+    from ..metrics import balanced_pixel_mask
+except Exception:  # noqa: BLE001 - metrics unavailable (e.g. a partial install): numpy fallback
+    balanced_pixel_mask = _balanced_pixel_mask_np
 
 
 def _read_list(path, on_error, skipped, root, check_files, default_split=None):
