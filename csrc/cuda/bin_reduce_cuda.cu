@@ -1,0 +1,321 @@
+// CUDA kernel of ssir_fast::bin_reduce: one pass over (pred, target[, mask]) filling the
+// [num_bins, 12] float64 table of per-bin sums and counts (columns in bin_reduce_common.h).
+//
+// Accumulation and (non-)determinism: per-pair math is fp32 (fp64 for fp64 inputs). A thread sums
+// a run of at most kPer = 8 pairs of one bin in registers (fp32 sums, uint32 counts), then adds
+// it to the block's partial table in shared memory: float64 sums (shared-memory double atomicAdd)
+// and uint32 counts. At the end every block adds its non-empty bins to the global table with one
+// float64 atomicAdd per bin and column. The order of those atomics changes from run to run, so the
+// last bits of the sums may differ between runs (counts are exact); the CPU kernel is
+// deterministic. When the shared table does not fit (num_bins > ~3000 on an H100) the runs go
+// straight to global float64 atomics instead.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "bin_reduce_common.h"
+#include "cuda_utils.cuh"
+#include "ops.h"
+
+namespace ssir_fast {
+namespace {
+
+using namespace bin_reduce;
+using cuda::Vec;
+using cuda::vec_width;
+
+constexpr int kThreads = 256;
+constexpr int kPer = 8;  // contiguous pairs per thread and tile: 32 B of fp32, 16 B of fp16/bf16
+
+struct DevParams {
+  double y_min, bin_width, floor;
+  int num_bins;
+};
+
+// Register accumulator of one run of pairs in the same bin.
+template <typename acc_t>
+struct Run {
+  acc_t s[kNumSums];       // in kSumCols order: |e|, e^2, log|e|, absrel, log10
+  unsigned c[kNumCounts];  // in kCountCols order: n, floored, d1, d2, d3, out of range, (unused)
+  __device__ __forceinline__ void clear() {
+#pragma unroll
+    for (int j = 0; j < kNumSums; ++j) s[j] = acc_t(0);
+#pragma unroll
+    for (int j = 0; j < kNumCounts; ++j) c[j] = 0u;
+  }
+};
+
+// Table column of sum j / count j (compile-time after unrolling).
+__device__ __forceinline__ int sum_col(int j) {
+  return j == 0 ? SUM_ABS : j == 1 ? SUM_SQ : j == 2 ? SUM_LOG_ABS : j == 3 ? SUM_ABSREL : SUM_LOG10;
+}
+__device__ __forceinline__ int count_col(int j) {
+  return j == 0 ? COUNT : j == 1 ? N_FLOORED : j == 2 ? N_DELTA1 : j == 3 ? N_DELTA2
+       : j == 4 ? N_DELTA3 : j == 5 ? N_OUT_OF_RANGE : N_NONFINITE;
+}
+
+__device__ __forceinline__ bool finite(float v) {
+  return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u;  // immune to fast-math folding
+}
+__device__ __forceinline__ bool finite(double v) {
+  return (__double_as_longlong(v) & 0x7ff0000000000000ll) != 0x7ff0000000000000ll;
+}
+__device__ __forceinline__ float log_(float v) { return __logf(v); }
+__device__ __forceinline__ double log_(double v) { return ::log(v); }
+
+// Where a block's partial table lives: shared memory (float64 sums + uint32 counts) or, when it
+// does not fit, the global float64 output itself.
+template <bool kShared>
+struct Sink {
+  double* sums;       // kShared: [B, kNumSums] shared; else the global [B, kCols] table
+  unsigned* counts;   // kShared: [B, kNumCounts] shared; unused otherwise
+
+  template <typename acc_t>
+  __device__ __forceinline__ void add(int b, const Run<acc_t>& r) const {
+#pragma unroll
+    for (int j = 0; j < kNumSums; ++j) {
+      const double v = static_cast<double>(r.s[j]);
+      if (kShared) atomicAdd(sums + b * kNumSums + j, v);
+      else atomicAdd(sums + b * kCols + sum_col(j), v);
+    }
+#pragma unroll
+    for (int j = 0; j < kNumCounts - 1; ++j) {
+      if (r.c[j] == 0u) continue;
+      if (kShared) atomicAdd(counts + b * kNumCounts + j, r.c[j]);
+      else atomicAdd(sums + b * kCols + count_col(j), static_cast<double>(r.c[j]));
+    }
+  }
+  __device__ __forceinline__ void add_nonfinite(int b) const {
+    if (kShared) atomicAdd(counts + b * kNumCounts + (kNumCounts - 1), 1u);
+    else atomicAdd(sums + b * kCols + N_NONFINITE, 1.0);
+  }
+};
+
+__device__ __forceinline__ int bin_of(double y, const DevParams& P, bool& oor) {
+  const double t = ::floor((y - P.y_min) / P.bin_width);  // fp64 division: same bins as the CPU
+  oor = !(t >= 0.0 && t < static_cast<double>(P.num_bins));
+  return t < 0.0 ? 0 : (t >= static_cast<double>(P.num_bins) ? P.num_bins - 1 : static_cast<int>(t));
+}
+
+// Thread mapping: a grid-stride loop over tiles of kThreads * kPer pairs; in a tile, thread t
+// owns the kPer contiguous pairs [t * kPer, (t + 1) * kPer), read with 16-byte vector loads when
+// the pointers are aligned (a scalar, bounds-checked path otherwise and for the last tile).
+// A thread adds its pairs to a register run while they stay in one bin (depth maps: neighbouring
+// pixels). At the end of the tile the warp checks with __match_any_sync whether all its lanes
+// hold the same bin (typical for depth maps, where each atomic would otherwise be a 32-way
+// conflict): then the runs are summed with shuffles and lane 0 adds once; otherwise every lane
+// adds its own run. Masked-out lanes join the warp's bin with an empty run.
+template <typename T, bool kMask, bool kShared>
+__global__ void __launch_bounds__(kThreads)
+bin_reduce_kernel(const T* __restrict__ pred, const T* __restrict__ target,
+                  const bool* __restrict__ mask, int64_t n, DevParams P, double* __restrict__ out,
+                  bool vec) {
+  using acc_t = typename cuda::AccType<T>::type;
+  constexpr int kVec = vec_width<T>();
+  static_assert(kPer % kVec == 0 || kVec > kPer, "kPer must be a multiple of the vector width");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Sink<kShared> sink;
+  if (kShared) {
+    sink.sums = reinterpret_cast<double*>(smem_raw);
+    sink.counts = reinterpret_cast<unsigned*>(sink.sums + P.num_bins * kNumSums);
+    for (int i = threadIdx.x; i < P.num_bins * kNumSums; i += blockDim.x) sink.sums[i] = 0.0;
+    for (int i = threadIdx.x; i < P.num_bins * kNumCounts; i += blockDim.x) sink.counts[i] = 0u;
+    __syncthreads();
+  } else {
+    sink.sums = out;
+    sink.counts = nullptr;
+  }
+  const acc_t fl = static_cast<acc_t>(P.floor);
+  const acc_t inv_ln10 = static_cast<acc_t>(0.43429448190325182765);
+  const unsigned lane = threadIdx.x & 31u;
+  const int64_t tile = static_cast<int64_t>(blockDim.x) * kPer;
+
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * tile; base < n;
+       base += static_cast<int64_t>(gridDim.x) * tile) {
+    const int64_t start = base + static_cast<int64_t>(threadIdx.x) * kPer;
+    T pv[kPer], yv[kPer];
+    bool mv[kPer];
+    int valid = 0;  // pairs of this thread inside [0, n)
+    if (vec && start + kPer <= n) {
+      constexpr int kLoads = kPer / kVec;
+#pragma unroll
+      for (int l = 0; l < kLoads; ++l) {
+        const Vec<T, kVec> a = *reinterpret_cast<const Vec<T, kVec>*>(pred + start + l * kVec);
+        const Vec<T, kVec> b = *reinterpret_cast<const Vec<T, kVec>*>(target + start + l * kVec);
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) {
+          pv[l * kVec + k] = a.v[k];
+          yv[l * kVec + k] = b.v[k];
+        }
+      }
+      if (kMask) {
+        const Vec<bool, kPer> m = *reinterpret_cast<const Vec<bool, kPer>*>(mask + start);
+#pragma unroll
+        for (int k = 0; k < kPer; ++k) mv[k] = m.v[k];
+      }
+      valid = kPer;
+    } else {
+      valid = start < n ? static_cast<int>(min(static_cast<int64_t>(kPer), n - start)) : 0;
+#pragma unroll
+      for (int k = 0; k < kPer; ++k) {
+        const bool in = k < valid;
+        pv[k] = in ? pred[start + k] : T(0);
+        yv[k] = in ? target[start + k] : T(0);
+        mv[k] = in && (!kMask || mask[start + k]);
+      }
+    }
+
+    Run<acc_t> run;
+    run.clear();
+    int cur = -1;
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      if (k >= valid || (kMask && !mv[k])) continue;
+      const acc_t p = static_cast<acc_t>(pv[k]);
+      const acc_t y = static_cast<acc_t>(yv[k]);
+      bool oor = false;
+      if (!finite(p) || !finite(y)) {
+        sink.add_nonfinite(finite(y) ? bin_of(static_cast<double>(y), P, oor) : 0);
+        continue;
+      }
+      const int b = bin_of(static_cast<double>(y), P, oor);
+      if (b != cur) {
+        if (cur >= 0) sink.add(cur, run);
+        run.clear();
+        cur = b;
+      }
+      const acc_t e = p - y;
+      const acc_t a = fabs(e);
+      const bool floored = a < fl;
+      const acc_t pc = fmax(p, fl), yc = fmax(y, fl);
+      const acc_t q = pc / yc;
+      const acc_t r = fmax(q, acc_t(1) / q);
+      run.s[0] += a;
+      run.s[1] += e * e;
+      run.s[2] += log_(floored ? fl : a);
+      run.s[3] += a / yc;
+      run.s[4] += fabs(log_(q)) * inv_ln10;
+      run.c[0] += 1u;
+      run.c[1] += floored;
+      run.c[2] += r < acc_t(1.25);
+      run.c[3] += r < acc_t(1.5625);
+      run.c[4] += r < acc_t(1.953125);
+      run.c[5] += oor;
+    }
+
+    // Warp-aggregated flush of the runs (all 32 lanes reach this point: the loop bound is
+    // uniform over the block).
+    const unsigned has = __ballot_sync(0xffffffffu, cur >= 0);
+    if (has == 0u) continue;
+    const int leader_bin = __shfl_sync(0xffffffffu, cur, __ffs(has) - 1);
+    const int key = cur >= 0 ? cur : leader_bin;
+    if (__match_any_sync(0xffffffffu, key) == 0xffffffffu) {
+      Run<double> w;
+#pragma unroll
+      for (int j = 0; j < kNumSums; ++j) w.s[j] = static_cast<double>(run.s[j]);
+#pragma unroll
+      for (int j = 0; j < kNumCounts; ++j) w.c[j] = run.c[j];
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+#pragma unroll
+        for (int j = 0; j < kNumSums; ++j) w.s[j] += __shfl_down_sync(0xffffffffu, w.s[j], off);
+#pragma unroll
+        for (int j = 0; j < kNumCounts - 1; ++j) w.c[j] += __shfl_down_sync(0xffffffffu, w.c[j], off);
+      }
+      if (lane == 0) sink.add(key, w);
+    } else if (cur >= 0) {
+      sink.add(cur, run);
+    }
+  }
+
+  if (kShared) {
+    __syncthreads();
+    // One global atomic per non-empty bin and column of this block's partial table.
+    for (int b = threadIdx.x; b < P.num_bins; b += blockDim.x) {
+      const unsigned* c = sink.counts + b * kNumCounts;
+      if (c[0] == 0u && c[kNumCounts - 1] == 0u) continue;
+#pragma unroll
+      for (int j = 0; j < kNumSums; ++j) {
+        atomicAdd(out + b * kCols + sum_col(j), sink.sums[b * kNumSums + j]);
+      }
+#pragma unroll
+      for (int j = 0; j < kNumCounts; ++j) {
+        if (c[j] != 0u) atomicAdd(out + b * kCols + count_col(j), static_cast<double>(c[j]));
+      }
+    }
+  }
+}
+
+template <typename T>
+void launch(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& mask,
+            const Params& P, at::Tensor& out) {
+  const int64_t n = pred.numel();
+  if (n == 0) return;
+  TORCH_CHECK(P.num_bins < (int64_t(1) << 30), "bin_reduce (CUDA): num_bins must be < 2^30, got ",
+              P.num_bins);
+  const DevParams dp{P.y_min, P.bin_width, P.floor, static_cast<int>(P.num_bins)};
+  const T* pp = pred.const_data_ptr<T>();
+  const T* tp = target.const_data_ptr<T>();
+  const bool* mp = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
+  double* op = out.mutable_data_ptr<double>();
+  const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  // Vector loads need 16-byte aligned pred/target and an 8-byte aligned mask (each thread's
+  // kPer pairs start at a multiple of kPer elements).
+  const bool vec = addr(pp) % 16 == 0 && addr(tp) % 16 == 0 && (mp == nullptr || addr(mp) % 8 == 0) &&
+                   (kPer * sizeof(T)) % 16 == 0;
+
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  const int64_t tiles = (n + int64_t(kThreads) * kPer - 1) / (int64_t(kThreads) * kPer);
+  const int blocks = static_cast<int>(std::min<int64_t>(tiles, int64_t(prop->multiProcessorCount) * 4));
+  const size_t smem = static_cast<size_t>(P.num_bins) * (kNumSums * sizeof(double) +
+                                                         kNumCounts * sizeof(unsigned));
+  const bool shared = smem <= prop->sharedMemPerBlockOptin;
+  auto stream = at::cuda::getCurrentCUDAStream();
+
+#define SSIR_BR_LAUNCH(MASK, SHARED)                                                            \
+  do {                                                                                         \
+    auto kernel = bin_reduce_kernel<T, MASK, SHARED>;                                          \
+    const size_t bytes = SHARED ? smem : 0;                                                    \
+    if (bytes > 48 * 1024) {                                                                   \
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                                          static_cast<int>(bytes)));                          \
+    }                                                                                          \
+    kernel<<<blocks, kThreads, bytes, stream>>>(pp, tp, mp, n, dp, op, vec);                   \
+  } while (0)
+  if (mp != nullptr) {
+    if (shared) SSIR_BR_LAUNCH(true, true); else SSIR_BR_LAUNCH(true, false);
+  } else {
+    if (shared) SSIR_BR_LAUNCH(false, true); else SSIR_BR_LAUNCH(false, false);
+  }
+#undef SSIR_BR_LAUNCH
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+at::Tensor bin_reduce_cuda(const at::Tensor& pred, const at::Tensor& target, double y_min,
+                           double bin_width, int64_t num_bins, const std::optional<at::Tensor>& mask,
+                           double floor, bool allow_nonfinite) {
+  check_args(pred, target, y_min, bin_width, num_bins, mask, floor);
+  const c10::cuda::CUDAGuard guard(pred.device());
+  const Params P{y_min, bin_width, num_bins, floor};
+  at::Tensor pc = pred.contiguous(), tc = target.contiguous();
+  at::Tensor mc = (mask.has_value() && mask->defined()) ? mask->contiguous() : at::Tensor();
+  at::Tensor out = at::zeros({num_bins, kCols}, pred.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pc.scalar_type(), "bin_reduce_cuda", [&] {
+    launch<scalar_t>(pc, tc, mc, P, out);
+  });
+  check_nonfinite(out, allow_nonfinite);
+  return out;
+}
+
+}  // namespace ssir_fast
+
+TORCH_LIBRARY_IMPL(ssir_fast, CUDA, m) {
+  m.impl("bin_reduce", &ssir_fast::bin_reduce_cuda);
+}
