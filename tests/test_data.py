@@ -331,6 +331,7 @@ def test_depth_pairs_share_crop_and_flip(nyu):
     batches = list(ld)
     x = torch.cat([b[0] for b in batches])
     dep = torch.cat([b[1] for b in batches])
+    assert torch.equal(torch.cat([b[2] for b in batches]), (dep > 0).float())  # padding: weight 0
     assert x.shape == (6, 3, 16, 16) and dep.shape == (6, 1, 16, 16)
     order, _ = epoch_order(6, 5, 0, True)
     anchors, flips = aug_params(6, 5, 0)

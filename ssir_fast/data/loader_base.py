@@ -128,6 +128,8 @@ class ImageLoaderBase:
                 weights = bw[self.dataset.bins.index(targets)]
             else:
                 weights = torch.ones_like(targets)
+            if mask is None:
+                weights = weights * (targets > 0)   # invalid depth and crop padding
             weights = weights * real.to(weights.device).view(-1, 1, 1, 1)
         else:
             y = self.view.targets[idx]
