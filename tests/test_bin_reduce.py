@@ -1,0 +1,239 @@
+"""The bin_reduce op (SPEC 3.2) against a hand-computed table and the float64 numpy reference."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ssir_fast
+from ssir_fast.ops import bin_reduce
+from ssir_fast.ops.bin_reduce import (COLUMNS, COUNT, N_DELTA1, N_NONFINITE, N_OUT_OF_RANGE,
+                                      NUM_COLUMNS, SUM_ABS, bin_reduce_torch)
+from ssir_fast.reference import bin_reduce_reference
+
+needs_ext = pytest.mark.skipif(not ssir_fast.HAS_EXTENSION, reason="extension not built")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+FL = 1e-8
+
+
+def _row(p, y):
+    """Hand formula for one pair's contribution (float64), columns as COLUMNS."""
+    e = p - y
+    a = abs(e)
+    pc, yc = max(p, FL), max(y, FL)
+    r = max(pc / yc, yc / pc)
+    return [1, a, e * e, math.log(max(a, FL)), float(a < FL), float(r < 1.25), float(r < 1.5625),
+            float(r < 1.953125), a / yc, abs(math.log10(pc) - math.log10(yc)), 0, 0]
+
+
+def hand_table():
+    """Bins [0,1), [1,2), [2,3). Pairs chosen so that every column is exercised."""
+    t = np.zeros((3, NUM_COLUMNS))
+    pairs = [
+        (1.0, 0.5, 0, False),    # e = 0.5, ratio 2: no delta
+        (0.5, 0.5, 0, False),    # zero error: floored, log = log(1e-8), all deltas
+        (2.0, 1.75, 1, False),   # ratio 8/7: all deltas
+        (3.0, 5.0, 2, True),     # above the range: last bin, counted; ratio 5/3: delta3 only
+        (-1.0, -0.5, 0, True),   # below the range: first bin; p, y floored to 1e-8 for ratios
+        (2.5, 2.0, 2, False),    # ratio exactly 1.25: not < 1.25 (delta1 0), delta2/3 1
+    ]
+    for p, y, b, oor in pairs:
+        row = _row(p, y)
+        row[N_OUT_OF_RANGE] = float(oor)
+        t[b] += row
+    p = torch.tensor([q[0] for q in pairs], dtype=torch.float32)
+    y = torch.tensor([q[1] for q in pairs], dtype=torch.float32)
+    return p, y, t
+
+
+def test_columns_are_named():
+    assert len(COLUMNS) == NUM_COLUMNS == 12
+
+
+def test_hand_table():
+    p, y, expected = hand_table()
+    out = bin_reduce(p, y, 0.0, 1.0, 3)
+    assert out.dtype == torch.float64 and out.shape == (3, NUM_COLUMNS)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=0)
+    # the spot values the table is about
+    assert out[0, 4] == 1 and out[2, N_OUT_OF_RANGE] == 1 and out[0, N_OUT_OF_RANGE] == 1
+    # bin 2: ratio 5/3 (delta3 only) and ratio exactly 1.25 (not < 1.25: delta2, delta3)
+    assert out[2, N_DELTA1].item() == 0 and out[2, N_DELTA1 + 1].item() == 1
+    assert out[2, N_DELTA1 + 2].item() == 2
+    np.testing.assert_allclose(bin_reduce_torch(p, y, 0.0, 1.0, 3).numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(bin_reduce_reference(p, y, 0.0, 1.0, 3), expected, rtol=1e-12)
+
+
+def _data(n, dtype, seed=0, shape=None, y_lo=0.5, y_hi=12.0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.rand(n, generator=g, dtype=torch.float64) * (y_hi - y_lo) + y_lo
+    p = y + torch.randn(n, generator=g, dtype=torch.float64) * 1.5
+    p[::97] = y[::97]  # some exact zero errors
+    shape = shape or (n,)
+    return p.to(dtype).reshape(shape), y.to(dtype).reshape(shape)
+
+
+def _compare(out, ref, rtol):
+    out = out.detach().cpu().double().numpy()
+    counts = [i for i, c in enumerate(COLUMNS) if c.startswith(("n_", "count"))]
+    sums = [i for i in range(NUM_COLUMNS) if i not in counts]
+    # a ratio within one fp32 rounding of 1.25^k may land on either side: allow 1 count
+    np.testing.assert_allclose(out[:, counts], ref[:, counts], atol=1, rtol=0)
+    np.testing.assert_array_equal(out[:, [COUNT, N_OUT_OF_RANGE]], ref[:, [COUNT, N_OUT_OF_RANGE]])
+    np.testing.assert_allclose(out[:, sums], ref[:, sums], rtol=rtol, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 2e-6), (torch.float64, 1e-10),
+                                        (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_matches_float64_reference(dtype, rtol):
+    # 300k pairs: several parallel_for ranges, so the per-thread partials are merged
+    p, y = _data(300_000, dtype)
+    out = bin_reduce(p, y, 1.0, 0.5, 20)
+    # the reference sees the same (rounded) inputs
+    _compare(out, bin_reduce_reference(p, y, 1.0, 0.5, 20), rtol)
+
+
+def test_dense_maps_any_shape_and_noncontiguous():
+    p, y = _data(2 * 3 * 40 * 50, torch.float32, shape=(2, 3, 40, 50))
+    ref = bin_reduce_reference(p, y, 0.7, 0.1, 93)
+    _compare(bin_reduce(p, y, 0.7, 0.1, 93), ref, 2e-6)
+    pt, yt = p.transpose(2, 3), y.transpose(2, 3)  # same pairs, non-contiguous
+    assert not pt.is_contiguous()
+    _compare(bin_reduce(pt, yt, 0.7, 0.1, 93), ref, 2e-6)
+
+
+def test_mask_selects_pairs():
+    p, y = _data(50_000, torch.float32, shape=(10, 5000))
+    mask = torch.rand(10, 5000, generator=torch.Generator().manual_seed(1)) < 0.3
+    out = bin_reduce(p, y, 0.0, 1.0, 13, mask=mask)
+    _compare(out, bin_reduce_reference(p[mask], y[mask], 0.0, 1.0, 13), 2e-6)
+    _compare(bin_reduce_torch(p, y, 0.0, 1.0, 13, mask=mask),
+             bin_reduce_reference(p, y, 0.0, 1.0, 13, mask=mask), 2e-6)
+    assert bin_reduce(p, y, 0.0, 1.0, 13, mask=torch.zeros_like(mask)).abs().sum() == 0
+
+
+def test_single_bin_and_out_of_range_everywhere():
+    p, y = _data(1000, torch.float32)
+    out = bin_reduce(p, y, 100.0, 1.0, 1)  # every target below the only bin
+    assert out[0, COUNT] == 1000 and out[0, N_OUT_OF_RANGE] == 1000
+    np.testing.assert_allclose(out[0, SUM_ABS].item(), (p - y).abs().double().sum().item(), rtol=1e-6)
+
+
+def test_empty_input():
+    e = torch.empty(0)
+    out = bin_reduce(e, e, 0.0, 1.0, 4)
+    assert out.shape == (4, NUM_COLUMNS) and out.abs().sum() == 0
+
+
+def test_cpu_is_deterministic():
+    p, y = _data(200_000, torch.float32)
+    a, b = bin_reduce(p, y, 0.0, 0.25, 60), bin_reduce(p, y, 0.0, 0.25, 60)
+    assert torch.equal(a, b)
+
+
+def test_nonfinite_raises_or_is_counted():
+    p, y = _data(1000, torch.float32)
+    p[3], y[10], p[20], y[20] = float("nan"), float("inf"), float("-inf"), float("nan")
+    with pytest.raises((RuntimeError, ValueError), match="NaN or inf"):
+        bin_reduce(p, y, 0.0, 1.0, 12)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        bin_reduce_torch(p, y, 0.0, 1.0, 12)
+    out = bin_reduce(p, y, 0.0, 1.0, 12, allow_nonfinite=True)
+    ref = bin_reduce_reference(p, y, 0.0, 1.0, 12)
+    assert out[:, N_NONFINITE].sum() == 3 and out[:, COUNT].sum() == 997
+    assert out[0, N_NONFINITE] >= 2  # non-finite targets are counted in bin 0
+    _compare(out, ref, 2e-6)
+    _compare(bin_reduce_torch(p, y, 0.0, 1.0, 12, allow_nonfinite=True), ref, 2e-6)
+
+
+def test_bad_arguments_name_the_argument():
+    p, y = _data(10, torch.float32)
+    with pytest.raises(ValueError, match="pred and target must have the same shape"):
+        bin_reduce(p, y[:5], 0.0, 1.0, 3)
+    with pytest.raises(TypeError, match="same dtype"):
+        bin_reduce(p, y.double(), 0.0, 1.0, 3)
+    with pytest.raises(TypeError, match="pred must be float"):
+        bin_reduce(p.long(), y.long(), 0.0, 1.0, 3)
+    with pytest.raises(ValueError, match="num_bins"):
+        bin_reduce(p, y, 0.0, 1.0, 0)
+    with pytest.raises(ValueError, match="bin_width"):
+        bin_reduce(p, y, 0.0, 0.0, 3)
+    with pytest.raises(ValueError, match="bin_width"):
+        bin_reduce(p, y, 0.0, -1.0, 3)
+    with pytest.raises(ValueError, match="y_min"):
+        bin_reduce(p, y, float("nan"), 1.0, 3)
+    with pytest.raises(TypeError, match="mask must be a bool"):
+        bin_reduce(p, y, 0.0, 1.0, 3, mask=torch.ones(10))
+    with pytest.raises(ValueError, match="mask must have pred's shape"):
+        bin_reduce(p, y, 0.0, 1.0, 3, mask=torch.ones(9, dtype=torch.bool))
+    with pytest.raises(TypeError, match="pred must be a torch.Tensor"):
+        bin_reduce(p.numpy(), y, 0.0, 1.0, 3)
+
+
+@needs_ext
+def test_cpp_checks_name_the_argument():
+    op = torch.ops.ssir_fast.bin_reduce.default
+    p, y = _data(10, torch.float32)
+    for args, msg in [((p, y[:5], 0.0, 1.0, 3), "pred and target must have the same shape"),
+                      ((p, y, 0.0, 1.0, 0), "num_bins must be >= 1"),
+                      ((p, y, 0.0, 0.0, 3), "bin_width must be finite and > 0"),
+                      ((p, y.half(), 0.0, 1.0, 3), "same dtype")]:
+        with pytest.raises(RuntimeError, match=msg):
+            op(*args)
+    with pytest.raises(RuntimeError, match="mask must be a bool"):
+        op(p, y, 0.0, 1.0, 3, torch.ones(10))
+
+
+@needs_ext
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_opcheck(with_mask):
+    p, y = _data(3000, torch.float32, shape=(3, 1000))
+    mask = (torch.arange(3000) % 3 == 0).reshape(3, 1000) if with_mask else None
+    torch.library.opcheck(torch.ops.ssir_fast.bin_reduce.default,
+                          (p, y, 0.0, 1.0, 14, mask, 1e-8, False))
+
+
+@needs_ext
+def test_fake_kernel_shape():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        p = torch.empty(4, 5)
+        out = torch.ops.ssir_fast.bin_reduce.default(p, p, 0.0, 1.0, 7)
+    assert out.shape == (7, NUM_COLUMNS) and out.dtype == torch.float64
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("num_bins", [93, 5000])  # shared-memory and global-atomic paths
+def test_cuda_equals_cpu(dtype, num_bins):
+    p, y = _data(1_000_003, dtype, shape=None, y_lo=0.5, y_hi=10.5)
+    mask = torch.rand(p.shape, generator=torch.Generator().manual_seed(2)) < 0.5
+    for m in (None, mask):
+        cpu = bin_reduce(p, y, 0.7, 10.0 / num_bins, num_bins, mask=m)
+        gpu = bin_reduce(p.cuda(), y.cuda(), 0.7, 10.0 / num_bins, num_bins,
+                         mask=None if m is None else m.cuda())
+        assert gpu.device.type == "cuda"
+        _compare(gpu, cpu.numpy(), 1e-5 if dtype != torch.float64 else 1e-10)
+    # unaligned views take the scalar path
+    cpu = bin_reduce(p[1:], y[1:], 0.7, 0.1, 93)
+    _compare(bin_reduce(p.cuda()[1:], y.cuda()[1:], 0.7, 0.1, 93), cpu.numpy(), 1e-5)
+
+
+@cuda
+def test_cuda_depth_map_and_nonfinite():
+    p, y = _data(4 * 480 * 640, torch.float32, shape=(4, 1, 480, 640))
+    y = torch.sort(y.reshape(4, -1), dim=1).values.reshape(p.shape)  # spatially coherent bins
+    cpu = bin_reduce(p, y, 0.7, 0.1, 93)
+    _compare(bin_reduce(p.cuda(), y.cuda(), 0.7, 0.1, 93), cpu.numpy(), 1e-5)
+    p[0, 0, 0, :3] = float("nan")
+    with pytest.raises(RuntimeError, match="NaN or inf"):
+        bin_reduce(p.cuda(), y.cuda(), 0.7, 0.1, 93)
+    out = bin_reduce(p.cuda(), y.cuda(), 0.7, 0.1, 93, allow_nonfinite=True)
+    assert out[:, N_NONFINITE].sum().item() == 3
+
+
+@cuda
+def test_cuda_opcheck():
+    p, y = _data(3000, torch.float32, shape=(3, 1000))
+    torch.library.opcheck(torch.ops.ssir_fast.bin_reduce.default,
+                          (p.cuda(), y.cuda(), 0.0, 1.0, 14, None, 1e-8, False))
