@@ -2,9 +2,10 @@
 //
 // Work is cut into chunks of at most kChunk elements that never cross a row, so both many short
 // rows ([4096, 128]) and a few long ones ([256, 3*224*224]) spread over all threads.
-// Pass 1 reads g once per chunk and writes one partial sum of squares; the per-row scale
-// epsilon / ||g|| is formed serially (N * chunks_per_row values); pass 2 reads x and g and writes
-// out once: 4 tensor passes in all. Inner loops are plain and branch-free so the compiler
+// Long rows: pass 1 reads g once per chunk and writes one partial sum of squares; the per-row
+// scale epsilon / ||g|| is formed serially (N * chunks_per_row values); pass 2 reads x and g and
+// writes out once: 4 tensor passes in all. Short rows (<= kChunk) do both passes row by row, the
+// second reading g from cache. Inner loops are plain and branch-free so the compiler
 // vectorises them; accumulation is float (double for float64), chunk totals are summed in double.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -64,9 +65,48 @@ void perturb_rows(const at::Tensor& x, const at::Tensor& g, double epsilon, cons
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const int64_t cpr = (L + kChunk - 1) / kChunk;  // chunks per row
   const int64_t tasks = N * cpr;
+  // Enough elements per thread that small inputs stay on one thread (a fork/join costs more
+  // than the work), while large ones use every core.
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::min(L, kChunk));
+  const float* lo = cb.has_clip ? cb.lo.const_data_ptr<float>() : nullptr;
+  const float* hi = cb.has_clip ? cb.hi.const_data_ptr<float>() : nullptr;
 
+  // Applies the update to elements [j, stop) of `row`, in runs of one channel so the clip
+  // bounds are loop constants.
+  auto apply = [&](int64_t row, int64_t j, int64_t stop, acc_t scale) {
+    const int64_t base = row * L;
+    if (!cb.has_clip) {
+      scale_add_clip<scalar_t, acc_t, false>(xp + base + j, gp + base + j, op + base + j,
+                                             stop - j, scale, 0, 0);
+      return;
+    }
+    while (j < stop) {
+      const int64_t c = cb.nc == 1 ? 0 : (j / cb.inner) % cb.nc;
+      const int64_t run_end = cb.nc == 1 ? stop : std::min(stop, (j / cb.inner + 1) * cb.inner);
+      scale_add_clip<scalar_t, acc_t, true>(xp + base + j, gp + base + j, op + base + j,
+                                            run_end - j, scale, static_cast<acc_t>(lo[c]),
+                                            static_cast<acc_t>(hi[c]));
+      j = run_end;
+    }
+  };
+  // A zero gradient gives no direction: r = 0, never 0/0.
+  auto scale_of = [&](double sumsq) {
+    return sumsq > 0 ? static_cast<acc_t>(epsilon / std::sqrt(sumsq)) : acc_t(0);
+  };
+
+  if (cpr == 1) {
+    // Short rows: norm then update, row by row, while the row of g is still in cache.
+    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        apply(row, 0, L, scale_of(sum_squares<scalar_t, acc_t>(gp + row * L, L)));
+      }
+    });
+    return;
+  }
+
+  // Long rows: partial sums per chunk in parallel, then the update per chunk in parallel.
   std::vector<double> partial(tasks);
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t row = t / cpr, start = (t % cpr) * kChunk;
       partial[t] = sum_squares<scalar_t, acc_t>(gp + row * L + start, std::min(kChunk, L - start));
@@ -76,32 +116,12 @@ void perturb_rows(const at::Tensor& x, const at::Tensor& g, double epsilon, cons
   for (int64_t row = 0; row < N; ++row) {
     double s = 0;
     for (int64_t c = 0; c < cpr; ++c) s += partial[row * cpr + c];
-    // A zero gradient gives no direction: r = 0, never 0/0.
-    scale[row] = s > 0 ? static_cast<acc_t>(epsilon / std::sqrt(s)) : acc_t(0);
+    scale[row] = scale_of(s);
   }
-
-  const float* lo = cb.has_clip ? cb.lo.const_data_ptr<float>() : nullptr;
-  const float* hi = cb.has_clip ? cb.hi.const_data_ptr<float>() : nullptr;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t row = t / cpr;
-      int64_t j = (t % cpr) * kChunk;
-      const int64_t stop = std::min(j + kChunk, L);
-      const int64_t base = row * L;
-      if (!cb.has_clip) {
-        scale_add_clip<scalar_t, acc_t, false>(xp + base + j, gp + base + j, op + base + j,
-                                               stop - j, scale[row], 0, 0);
-        continue;
-      }
-      // Walk the chunk in runs of one channel so the bounds are loop constants.
-      while (j < stop) {
-        const int64_t c = cb.nc == 1 ? 0 : (j / cb.inner) % cb.nc;
-        const int64_t run_end = cb.nc == 1 ? stop : std::min(stop, (j / cb.inner + 1) * cb.inner);
-        scale_add_clip<scalar_t, acc_t, true>(xp + base + j, gp + base + j, op + base + j,
-                                              run_end - j, scale[row], static_cast<acc_t>(lo[c]),
-                                              static_cast<acc_t>(hi[c]));
-        j = run_end;
-      }
+      const int64_t row = t / cpr, j = (t % cpr) * kChunk;
+      apply(row, j, std::min(j + kChunk, L), scale[row]);
     }
   });
 }

@@ -1,0 +1,74 @@
+"""perturb: the fused op vs eager PyTorch vs torch.compile, and GB/s vs a copy-bandwidth probe.
+
+    pytest benchmarks/bench_perturb.py --benchmark-only          # CPU (and CUDA when present)
+
+Minimum traffic of the op is 4 tensor passes (g twice, x once, out once); GB/s below counts those
+bytes, and the copy probe counts read + write of one copy of the same size, both in this run.
+"""
+import time
+
+import pytest
+import torch
+
+from conftest import copy_bandwidth, device_name, record, sync
+from ssir_fast.ops import perturb
+from ssir_fast.ops.perturb import perturb_torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SHAPES = {"image_256x3x224x224": (256, 3, 224, 224), "features_4096x128": (4096, 128)}
+
+
+def median_time(fn, device, repeats=7, warmup=2):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def _compiled():
+    try:
+        fn = torch.compile(perturb_torch, dynamic=False)
+        return fn
+    except Exception:  # pragma: no cover - platform without a working compiler
+        return None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_perturb_speed(benchmark, device, name):
+    shape = SHAPES[name]
+    torch.manual_seed(0)
+    x = torch.randn(shape, device=device)
+    g = torch.randn(shape, device=device)
+    lo = torch.tensor(-1.0, device=device)
+    hi = torch.tensor(1.0, device=device)
+    out = torch.empty_like(x)
+    ours = lambda: perturb(x, g, 1e-3, lo, hi, out=out)  # noqa: E731
+    eager = lambda: perturb_torch(x, g, 1e-3, lo, hi)  # noqa: E731
+    t_ours = median_time(ours, device)
+    t_eager = median_time(eager, device)
+    compiled = _compiled()
+    t_compiled = None
+    if compiled is not None:
+        try:
+            t_compiled = median_time(lambda: compiled(x, g, 1e-3, lo, hi), device, warmup=3)
+        except Exception as e:  # inductor may be unavailable (no C++ compiler for it)
+            print(f"torch.compile baseline unavailable: {e}")
+    nbytes = x.numel() * x.element_size()
+    copy_gbps = copy_bandwidth(nbytes, device)
+    gbps = 4 * nbytes / t_ours / 1e9
+    fields = dict(device=device_name(device), shape=list(shape), ours_ms=t_ours * 1e3,
+                  eager_ms=t_eager * 1e3, speedup_vs_eager=t_eager / t_ours,
+                  compiled_ms=None if t_compiled is None else t_compiled * 1e3,
+                  speedup_vs_compiled=None if t_compiled is None else t_compiled / t_ours,
+                  gbps=gbps, copy_gbps=copy_gbps, fraction_of_copy=gbps / copy_gbps)
+    record(f"perturb/{name}/{device}", **fields)
+    benchmark.extra_info.update(fields)
+    benchmark.pedantic(ours, rounds=5, iterations=1, warmup_rounds=1,
+                       setup=lambda: sync(device))
