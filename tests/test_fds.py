@@ -1,0 +1,247 @@
+"""FDS ops (bin_feature_stats, fds_calibrate) and the FDS module."""
+import numpy as np
+import pytest
+import torch
+
+import ssir_fast
+from ssir_fast.fds import FDS, feature_balance, fill_empty_bins, plot_feature_balance, smooth_statistics
+from ssir_fast.imbalance import LabelBins, lds_kernel
+from ssir_fast.ops import bin_feature_stats, fds_calibrate
+from ssir_fast.ops.bin_feature_stats import bin_feature_stats_torch
+from ssir_fast.ops.fds_calibrate import fds_calibrate_torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+needs_ext = pytest.mark.skipif(not ssir_fast.HAS_EXTENSION, reason="extension not built")
+
+
+def _loop_stats(f, idx, B):
+    """Per-bin Python loop in float64: the independent reference."""
+    f = f.double().cpu()
+    idx = idx.cpu()
+    count = torch.zeros(B, dtype=torch.long)
+    mean = torch.zeros(B, f.shape[1], dtype=torch.float64)
+    var = torch.zeros(B, f.shape[1], dtype=torch.float64)
+    for b in range(B):
+        rows = f[idx == b]
+        count[b] = rows.shape[0]
+        if rows.shape[0]:
+            mean[b] = rows.mean(0)
+        if rows.shape[0] > 1:
+            var[b] = rows.var(0, unbiased=True)
+    return count, mean, var
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12),
+                                       (torch.bfloat16, 1e-5), (torch.float16, 1e-5)])
+@pytest.mark.parametrize("N,C,B", [(0, 5, 3), (1, 3, 4), (257, 67, 10), (1000, 130, 100)])
+def test_bin_feature_stats_vs_loop(device, dtype, tol, N, C, B):
+    g = torch.Generator().manual_seed(N + C)
+    f = (torch.randn(N, C, generator=g) * 3 + 50).to(dtype).to(device)  # |mean| >> std
+    idx = torch.randint(-1, B + 1, (N,), generator=g).to(device)         # some ignored
+    count, mean, var = bin_feature_stats(f, idx, B)
+    rc, rm, rv = _loop_stats(f, idx, B)
+    assert torch.equal(count.cpu(), rc)
+    torch.testing.assert_close(mean.cpu().double(), rm, rtol=tol, atol=tol * 50)
+    torch.testing.assert_close(var.cpu().double(), rv, rtol=tol * 10, atol=tol * 10)
+    want = torch.float64 if dtype == torch.float64 else torch.float32
+    assert mean.dtype == want and var.dtype == want
+    ec, em, ev = bin_feature_stats_torch(f, idx, B)
+    assert torch.equal(ec.cpu(), rc)
+    torch.testing.assert_close(em.cpu().double(), rm, rtol=tol, atol=tol * 50)
+
+
+def test_bin_feature_stats_hand_values():
+    f = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, -2.0], [7.0, 0.0]])
+    idx = torch.tensor([0, 0, 2, -1])
+    count, mean, var = bin_feature_stats(f, idx, 3)
+    assert count.tolist() == [2, 0, 1]
+    assert mean.tolist() == [[2.0, 10.0], [0.0, 0.0], [5.0, -2.0]]
+    assert var.tolist() == [[2.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    _, _, pop = bin_feature_stats(f, idx, 3, unbiased=False)
+    assert pop.tolist()[0] == [1.0, 0.0]
+
+
+def _stats(B, C, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(B, C, generator=g, dtype=dtype)
+    var = torch.rand(B, C, generator=g, dtype=dtype) + 0.05
+    smean = mean + 0.3 * torch.randn(B, C, generator=g, dtype=dtype)
+    svar = var * (torch.rand(B, C, generator=g, dtype=dtype) * 30 + 0.01)  # exercises the clamp
+    return mean, var, smean, svar
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("N,C", [(0, 4), (33, 7), (300, 130)])
+def test_fds_calibrate_vs_float64_formula(device, dtype, N, C):
+    B = 6
+    mean, var, smean, svar = _stats(B, C)
+    f = torch.randn(N, C, dtype=torch.float64)
+    idx = torch.randint(-1, B + 1, (N,))
+    out = fds_calibrate(f.to(dtype).to(device), idx.to(device), mean.to(device), var.to(device),
+                        smean.to(device), svar.to(device), 0.1, 10.0)
+    fin = f.to(dtype).double()
+    want = fin.clone()
+    for n in range(N):  # the SPEC 3.3 formula, one sample at a time
+        b = int(idx[n])
+        if 0 <= b < B:
+            want[n] = (fin[n] - mean[b]) * torch.sqrt(torch.clamp(svar[b] / var[b], 0.1, 10)) + smean[b]
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(out.cpu().double(), want, rtol=tol, atol=tol * 10)
+    assert out.dtype == dtype
+
+
+def test_fds_calibrate_identity_and_zero_variance():
+    mean, var, _, _ = _stats(4, 5)
+    f = torch.randn(20, 5, dtype=torch.float64)
+    idx = torch.randint(0, 4, (20,))
+    torch.testing.assert_close(fds_calibrate(f, idx, mean, var, mean, var), f, rtol=0, atol=1e-13)
+    z = torch.zeros(4, 5, dtype=torch.float64)
+    one = torch.ones(4, 5, dtype=torch.float64)
+    # 0/0 -> ratio 1; x/0 -> hi
+    out = fds_calibrate(f, idx, z, z, z, z, 0.1, 10)
+    torch.testing.assert_close(out, f)
+    out = fds_calibrate(f, idx, z, z, z, one, 0.1, 10)
+    torch.testing.assert_close(out, f * 10 ** 0.5)
+
+
+def test_fds_calibrate_gradcheck_and_opcheck():
+    mean, var, smean, svar = _stats(5, 4)
+    f = torch.randn(17, 4, dtype=torch.float64, requires_grad=True)
+    idx = torch.randint(-1, 6, (17,))
+    fn = lambda x: fds_calibrate(x, idx, mean, var, smean, svar, 0.2, 5.0)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (f,))
+    assert torch.autograd.gradgradcheck(fn, (f,))
+    f32 = torch.randn(17, 4, requires_grad=True)
+    out = fds_calibrate(f32, idx, mean, var, smean, svar, 0.2, 5.0)
+    out.sum().backward()
+    ref = f32.detach().clone().requires_grad_(True)
+    fds_calibrate_torch(ref, idx, mean.float(), var.float(), smean.float(), svar.float(), 0.2, 5.0).sum().backward()
+    torch.testing.assert_close(f32.grad, ref.grad)
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    mean, var, smean, svar = (t.float().to(device) for t in _stats(5, 8))
+    f = torch.randn(21, 8, device=device, requires_grad=True)
+    idx = torch.randint(-1, 6, (21,), device=device)
+    torch.library.opcheck(torch.ops.ssir_fast.fds_calibrate.default, (f, idx, mean, var, smean, svar, 0.1, 10.0))
+    torch.library.opcheck(torch.ops.ssir_fast.bin_feature_stats.default, (f.detach(), idx, 5, True))
+
+
+@needs_ext
+def test_compile_fullgraph():
+    mean, var, smean, svar = (t.float() for t in _stats(5, 8))
+    idx = torch.randint(0, 5, (9,))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(x):
+        c, m, v = torch.ops.ssir_fast.bin_feature_stats.default(x, idx, 5, True)
+        return torch.ops.ssir_fast.fds_calibrate.default(x, idx, mean, var, smean, svar, 0.1, 10.0), m
+
+    x = torch.randn(9, 8)
+    out, m = f(x)
+    torch.testing.assert_close(out, fds_calibrate(x, idx, mean, var, smean, svar))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(features=torch.zeros(3)), "2-D"),
+    (dict(bin_index=torch.zeros(3)), "integer"),
+    (dict(bin_index=torch.zeros(4, dtype=torch.long)), "shape"),
+    (dict(num_bins=0), "num_bins"),
+])
+def test_bin_feature_stats_bad_input(bad, match):
+    args = dict(features=torch.zeros(3, 2), bin_index=torch.zeros(3, dtype=torch.long), num_bins=2)
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        bin_feature_stats(**args)
+
+
+def test_fill_empty_and_smoothing():
+    mean = torch.tensor([[0.0], [0.0], [4.0], [0.0], [0.0], [10.0], [0.0]])
+    count = torch.tensor([0, 0, 3, 0, 0, 2, 0])
+    m, _ = fill_empty_bins(mean, mean.clone(), count)
+    assert m[:, 0].tolist() == [4.0, 4.0, 4.0, 6.0, 8.0, 10.0, 10.0]
+    w = torch.as_tensor(lds_kernel("gaussian", 5, 2) / lds_kernel("gaussian", 5, 2).sum(), dtype=torch.float32)
+    x = torch.randn(9, 3)
+    s = smooth_statistics(x, w)
+    padded = np.pad(x.numpy(), ((2, 2), (0, 0)), mode="reflect")
+    want = np.stack([padded[i:i + 5].T @ w.numpy() for i in range(9)])
+    np.testing.assert_allclose(s.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, bins):
+        super().__init__()
+        self.enc = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU())
+        self.fds = FDS(8, bins, start_smooth=1)
+        self.head = torch.nn.Linear(8, 1)
+
+    def forward(self, x, y=None, epoch=None):
+        z = self.enc(x)
+        return self.head(self.fds(z, y, epoch) if y is not None else z)
+
+
+def test_fds_module_end_to_end():
+    torch.manual_seed(0)
+    bins = LabelBins(0, 1, 10)
+    net = _Net(bins)
+    x, y = torch.randn(200, 4), torch.randint(0, 8, (200,)).float()  # bins 8, 9 stay empty
+    loader = [(x[i:i + 50], y[i:i + 50]) for i in range(0, 200, 50)]
+    net.train()
+    out0 = net(x[:10], y[:10], epoch=0)
+    assert torch.equal(out0, net.head(net.enc(x[:10])))  # epoch 0 < start_smooth: identity
+    bn = {k: v.clone() for k, v in net.enc[1].state_dict().items()}
+    net.fds.collect(net.enc, loader, epoch=0)
+    for k, v in net.enc[1].state_dict().items():  # BatchNorm untouched by the collection pass
+        assert torch.equal(v, bn[k]), k
+    assert net.fds.num_samples_tracked[:8].sum() == 200 and int(net.fds.epoch) == 0
+    # statistics are those of the train-mode features, copied (not aliased) into last_*
+    with torch.no_grad(), ssir_fast.ssir.scratch_buffers(net.enc):  # same batches, BN batch stats
+        feats = torch.cat([net.enc(xb) for xb, _ in loader])
+    c, m, v = bin_feature_stats(feats, bins.index(y), 10)
+    torch.testing.assert_close(net.fds.running_mean[:8], m[:8])
+    assert net.fds.last_mean.data_ptr() != net.fds.running_mean.data_ptr()
+    assert torch.equal(net.fds.last_mean[8], net.fds.last_mean[7])  # empty bins filled
+    # training from start_smooth: calibrated, differentiable, no in-place edits
+    out = net(x[:32], y[:32], epoch=1)
+    out.sum().backward()
+    assert net.enc[0].weight.grad is not None
+    net.eval()
+    assert torch.equal(net(x[:5], y[:5], epoch=3), net.head(net.enc(x[:5])))
+    # momentum: second epoch blends 0.9 old + 0.1 new
+    old = net.fds.running_mean.clone()
+    net.fds.update(feats + 1.0, y)
+    net.fds.end_epoch(1)
+    torch.testing.assert_close(net.fds.running_mean[:8], 0.9 * old[:8] + 0.1 * (m[:8] + 1.0))
+    # checkpoints carry the state
+    fresh = _Net(bins)
+    fresh.load_state_dict(net.state_dict())
+    for name in ("running_mean", "running_var", "smoothed_mean", "smoothed_var", "last_var",
+                 "num_samples_tracked", "epoch"):
+        assert torch.equal(getattr(fresh.fds, name), getattr(net.fds, name)), name
+
+
+def test_fds_identity_with_one_tap_window():
+    bins = LabelBins(0, 1, 5)
+    fds = FDS(3, bins, ks=1)
+    f, y = torch.randn(40, 3), torch.randint(0, 5, (40,)).float()
+    fds.update(f, y)
+    fds.end_epoch(0)
+    fds.train()
+    torch.testing.assert_close(fds(f, y, epoch=1), f)
+
+
+def test_feature_balance_and_plot(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    bins = LabelBins(0, 1, 4)
+    f = torch.tensor([[0.0, 0.0], [2.0, 4.0], [1.0, 1.0], [5.0, 5.0]])
+    v, c = feature_balance(f, torch.tensor([0.5, 0.5, 2.5, 3.5]), bins)
+    assert v[0] == pytest.approx((2.0 + 8.0) / 2) and np.isnan(v[1]) and np.isnan(v[2])
+    assert c.tolist() == [2, 0, 1, 1]
+    ax = plot_feature_balance(v, bins, c)
+    ax.figure.savefig(tmp_path / "fb.png")
+    assert (tmp_path / "fb.png").stat().st_size > 0
