@@ -3,7 +3,6 @@ The DALI backend has its own file (test_dali.py)."""
 import csv
 import filecmp
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -200,12 +199,12 @@ def test_missing_column_and_empty_split(tmp_path):
         D.make_loader(ds, "val", 2, backend="torch")
 
 
-def _loader_with_bad_file(tmp_path, content, on_error):
+def _loader_with_bad_file(tmp_path, content):
     root = _csv(tmp_path, ["age,path,split", "30,0.jpg,train", "31,0.jpg,val", "32,0.jpg,test",
                            "33,bad.jpg,test", "34,0.jpg,test"])
     ds = D.load_dataset("agedb", root=root, image_size=16)
     if content is None:
-        os.remove(os.path.join(root, "bad.jpg")) if os.path.exists(os.path.join(root, "bad.jpg")) else None
+        os.remove(os.path.join(root, "bad.jpg"))
     else:
         (tmp_path / "bad.jpg").write_bytes(content)
     return ds
@@ -231,7 +230,7 @@ BAD_FILES = {
 def test_bad_image_files_torch(tmp_path, kind):
     content, msg = BAD_FILES[kind]
     (tmp_path / "bad.jpg").write_bytes(_jpeg_bytes())   # exists at load time
-    ds = _loader_with_bad_file(tmp_path, content, "raise")
+    ds = _loader_with_bad_file(tmp_path, content)
     ld = D.make_loader(ds, "test", 2, backend="torch", num_workers=0)
     with pytest.raises(DataError, match=rf"agedb\.csv line 5 \(.*bad\.jpg\): .*{msg}"):
         list(ld)

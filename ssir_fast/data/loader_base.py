@@ -1,4 +1,5 @@
 """What both image backends share: epochs, shards, weights, skip accounting, reading a sample."""
+import os
 import warnings
 
 import numpy as np
@@ -55,7 +56,6 @@ class ImageLoaderBase:
         self.augment = (split == "train") if augment is None else bool(augment)
         size = dataset.image_size if size is None else size
         self.size = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
-        import os
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else int(num_workers)
         self.prefetch = max(1, int(prefetch))
         self.on_error = on_error

@@ -30,14 +30,9 @@ def epoch_order(n, seed, epoch, shuffle, rank=0, world=1, even=False):
     lo, hi = rank * n // world, (rank + 1) * n // world
     mine = order[lo:hi].astype(np.int64)
     if even:
-        full = -(-n // world)
-        if len(mine) < full:
-            if len(mine) == 0:
-                mine = order[:0]
-                reps = np.resize(order, full - len(mine)) if n else mine
-            else:
-                reps = np.resize(mine, full - len(mine))
-            return np.concatenate([mine, reps]), len(reps)
+        short = -(-n // world) - len(mine)
+        if short > 0:
+            return np.concatenate([mine, np.resize(mine if len(mine) else order, short)]), short
     return mine, 0
 
 
