@@ -25,8 +25,10 @@ every step is array code: there is no Python loop over samples.
 Defects of the PyPI `smogn` package (v0.1.2) NOT reproduced here (tests in tests/test_resample.py):
 - under-sampling draws the cases to KEEP and then drops them from the whole data set, so the
   output holds the complement (and every other bump's originals again);
-- the synthetic target's distance weights use only the last feature's distance (a loop variable
-  overwritten), and the tie case computes y_s + y_nn / 2;
+- the synthetic target's distance weights use only the last column's distance (a loop variable
+  overwritten), and that column is the target itself, read from the uninitialised (np.ndarray)
+  output slot before it is written: the target depends on garbage memory and is sometimes NaN;
+  the tie case computes y_s + y_nn / 2;
 - maxD is the median distance to all cases of the bump (its docstring says the k neighbours);
 - it uses the unseeded global NumPy / `random` generators (not reproducible), an O(n^2) Python
   distance loop, validation checks written as `x in y is False` (never true), and it fails on

@@ -1,6 +1,9 @@
 """Run the PyPI `smogn` package (0.1.2) under NumPy 2 for comparisons: it calls
 np.quantile(interpolation=...) (removed) and int()/float() on 1-element arrays (now errors).
-We swap the `np` its modules see for a shim; its algorithm is untouched."""
+We swap the `np` its modules see for a shim; its algorithm is untouched, except that
+np.ndarray(shape) (uninitialised memory) returns zeros: the package reads the synthetic target
+slot before writing it (its distance loop ends on the target column), so without this its output
+depends on garbage memory and is sometimes NaN ("oops! synthetic data contains missing values")."""
 import sys, types, numpy as np
 
 class _One(np.ndarray):
@@ -29,6 +32,7 @@ def _shim():
     rnd.choice = _choice
     rnd.normal = _normal
     ns.random = rnd
+    ns.ndarray = lambda shape, *a, **kw: np.zeros(shape)
     return ns
 
 def patch_smogn():
