@@ -1,0 +1,76 @@
+"""Loading the compiled extension: readable errors on a mismatch, a working pure-PyTorch fallback."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import ssir_fast
+from ssir_fast import _extension
+
+
+def _run(code, **env):
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=full_env, timeout=120)
+
+
+def test_ops_are_registered():
+    assert ssir_fast.HAS_EXTENSION
+    assert hasattr(torch.ops.ssir_fast, "perturb")
+    from ssir_fast._build_info import WITH_CUDA
+    cuda = torch.ops.ssir_fast.cuda_version()
+    assert (cuda >= 11000) if WITH_CUDA else (cuda == -1)
+    assert ssir_fast.HAS_CUDA_KERNELS == WITH_CUDA
+
+
+def test_torch_version_mismatch_is_a_readable_error(monkeypatch):
+    class FakeInfo:
+        TORCH_VERSION = "1.0.0"
+    monkeypatch.setattr(_extension, "_build_info", FakeInfo)
+    with pytest.raises(ImportError, match="built against torch 1.0.0 but torch .* is installed; "
+                                          "rebuild it with `pip install --no-build-isolation -e .`"):
+        _extension._load()
+
+
+def test_disabled_extension_falls_back_to_pytorch():
+    r = _run("""
+        import torch, ssir_fast
+        from ssir_fast.reference import perturb_reference
+        assert not ssir_fast.HAS_EXTENSION
+        x, g = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+        err = (ssir_fast.ops.perturb(x, g, 0.3, -1.0, 1.0).double()
+               - perturb_reference(x, g, 0.3, -1.0, 1.0)).abs().max()
+        assert err < 1e-6, err
+        out = torch.empty_like(x)
+        assert ssir_fast.ops.perturb(x, g, 0.3, out=out) is out
+        model = torch.nn.Linear(20, 1)
+        res = ssir_fast.SSIRLoss()(model, torch.randn(8, 20), torch.randn(8))
+        res.loss.backward()
+        print("fallback ok")
+    """, SSIR_FAST_DISABLE_EXTENSION="1")
+    assert r.returncode == 0, r.stderr
+    assert "fallback ok" in r.stdout
+
+
+def test_missing_extension_warns_and_falls_back():
+    # Hide ssir_fast._C as if it had never been built.
+    r = _run("""
+        import sys, warnings, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "ssir_fast._C":
+                    raise ImportError("No module named 'ssir_fast._C'")
+        sys.meta_path.insert(0, Block())
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            import ssir_fast
+        assert not ssir_fast.HAS_EXTENSION
+        assert any("pure-PyTorch" in str(x.message) for x in w), [str(x.message) for x in w]
+        import torch
+        print(ssir_fast.ops.perturb(torch.ones(2, 3), torch.ones(2, 3), 1.0).shape)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert "torch.Size([2, 3])" in r.stdout
