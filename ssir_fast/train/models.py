@@ -1,0 +1,263 @@
+"""Models for the training CLI: an encoder f_enc, an optional FDS layer, and a regression head.
+
+    pred = head(FDS(f_enc(x), y))           (FDS only in training, from its start_smooth epoch)
+
+- ``mlp``: 2-layer MLP (tabular data, the motivation experiment).
+- ``cnn``: a small conv net (4 conv-BN-ReLU layers), the fast default for the 32 px default data.
+- ``resnet18`` / ``resnet50``: torchvision's models (trained from scratch, as in DIR) when
+  torchvision is installed and ``width`` = 64, else the built-in ResNet below (same layout:
+  BasicBlock [2, 2, 2, 2] / Bottleneck [3, 4, 6, 3]; a 3x3 stride-1 stem without max-pool for
+  inputs of 64 px or less, the ImageNet 7x7 stride-2 stem + max-pool otherwise).
+- ``depthnet``: the NYUD2 encoder-decoder: a ResNet encoder (4 stages) and a decoder that
+  upsamples the deepest map and fuses the skip connections (sum after a 1x1 projection), ending in
+  a 1-channel depth map at the input resolution.
+
+The wrapper `Regressor` records the clean forward's features (for FDS statistics and RankSim)
+when ``capture`` is on, and receives the batch labels FDS needs through ``set_labels``: the SSIR
+loss calls ``model(x)`` several times per step with the same batch order, so the labels stay valid
+for all of its passes.
+"""
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+__all__ = ["Regressor", "build_model", "MODELS", "ResNet", "DepthNet"]
+
+MODELS = ("mlp", "cnn", "resnet18", "resnet50", "depthnet")
+
+
+class _BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.down = _shortcut(cin, width, stride)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.down is None else self.down(x)))
+
+
+class _Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        cout = width * 4
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.down = _shortcut(cin, cout, stride)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (x if self.down is None else self.down(x)))
+
+
+def _shortcut(cin, cout, stride):
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
+class ResNet(nn.Module):
+    """Built-in ResNet feature extractor; ``forward`` returns the pooled features [N, C], and
+    ``stages(x)`` the four stage outputs (for the depth decoder)."""
+
+    def __init__(self, depth=18, width=64, small_input=True, in_channels=3):
+        super().__init__()
+        if depth not in (18, 50):
+            raise ValueError(f"depth must be 18 or 50, got {depth}")
+        block, layers = (_BasicBlock, (2, 2, 2, 2)) if depth == 18 else (_Bottleneck, (3, 4, 6, 3))
+        if small_input:
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+                                      nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+                                      nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                                      nn.MaxPool2d(3, 2, 1))
+        cin, self.channels = width, []
+        stages = []
+        for i, n in enumerate(layers):
+            w = width * 2 ** i
+            blocks = []
+            for j in range(n):
+                blocks.append(block(cin, w, 2 if (j == 0 and i > 0) else 1))
+                cin = w * block.expansion
+            stages.append(nn.Sequential(*blocks))
+            self.channels.append(cin)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.out_features = cin
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def stages(self, x):
+        x = self.stem(x)
+        out = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            out.append(x)
+        return out
+
+    def forward(self, x):
+        return torch.flatten(F.adaptive_avg_pool2d(self.stages(x)[-1], 1), 1)
+
+
+def _torchvision_resnet(depth):
+    """torchvision's resnet18/50 without its fc layer (features [N, 512 or 2048]), or None."""
+    try:
+        import torchvision
+    except ImportError:
+        return None
+    net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    out = net.fc.in_features
+    net.fc = nn.Identity()
+    net.out_features = out
+    return net
+
+
+class SmallCNN(nn.Module):
+    """conv(3->w)-conv(w->w)-pool-conv(w->2w)-pool-conv(2w->2w)-global pool: features [N, 2w]."""
+
+    def __init__(self, width=32, in_channels=3):
+        super().__init__()
+
+        def block(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                    nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*block(in_channels, width), *block(width, width), nn.MaxPool2d(2),
+                                 *block(width, 2 * width), nn.MaxPool2d(2),
+                                 *block(2 * width, 2 * width), nn.AdaptiveAvgPool2d(1),
+                                 nn.Flatten())
+        self.out_features = 2 * width
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class MLP(nn.Module):
+    """in -> hidden -> ReLU -> hidden -> ReLU (features [N, hidden]); the head adds the output."""
+
+    def __init__(self, in_features, hidden=128, layers=2):
+        super().__init__()
+        mods, cin = [], in_features
+        for _ in range(layers):
+            mods += [nn.Linear(cin, hidden), nn.ReLU()]
+            cin = hidden
+        self.net = nn.Sequential(*mods)
+        self.out_features = hidden
+
+    def forward(self, x):
+        return self.net(x.reshape(x.shape[0], -1))
+
+
+class DepthNet(nn.Module):
+    """NYUD2 encoder-decoder: ResNet encoder stages s1..s4, decoder
+    d4 = proj(s4); d_k = conv(up(d_{k+1}) + proj(s_k)) for k = 3, 2, 1; depth = conv(up(d1)) at the
+    input size. ``encode`` returns the decoder's last feature map (FDS / RankSim are not used on
+    dense outputs by the CLI)."""
+
+    def __init__(self, depth=50, width=64, dec=128):
+        super().__init__()
+        tv = _torchvision_resnet(depth) if width == 64 else None
+        self.encoder = tv if tv is not None else ResNet(depth, width, small_input=False)
+        chans = ([64 * 2 ** i * (1 if depth == 18 else 4) for i in range(4)] if tv is not None
+                 else self.encoder.channels)
+        self.proj = nn.ModuleList(nn.Conv2d(c, dec, 1) for c in chans)
+        self.fuse = nn.ModuleList(nn.Sequential(nn.Conv2d(dec, dec, 3, padding=1, bias=False),
+                                                nn.BatchNorm2d(dec), nn.ReLU(inplace=True))
+                                  for _ in range(3))
+        self.out = nn.Sequential(nn.Conv2d(dec, dec // 2, 3, padding=1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(dec // 2, 1, 3, padding=1))
+
+    def _stages(self, x):
+        e = self.encoder
+        if isinstance(e, ResNet):
+            return e.stages(x)
+        x = e.maxpool(e.relu(e.bn1(e.conv1(x))))
+        out = []
+        for layer in (e.layer1, e.layer2, e.layer3, e.layer4):
+            x = layer(x)
+            out.append(x)
+        return out
+
+    def forward(self, x):
+        s = self._stages(x)
+        d = self.proj[3](s[3])
+        for k in (2, 1, 0):
+            d = F.interpolate(d, size=s[k].shape[-2:], mode="bilinear", align_corners=False)
+            d = self.fuse[k](d + self.proj[k](s[k]))
+        d = F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.out(d)
+
+
+class Regressor(nn.Module):
+    """encoder -> [FDS] -> head. ``capture`` records the first forward's (pre-FDS) features after
+    each ``begin_step``; ``set_labels(y, epoch)`` gives FDS the labels of the current batch."""
+
+    def __init__(self, encoder, head, fds=None):
+        super().__init__()
+        self.encoder, self.head, self.fds = encoder, head, fds
+        self.capture = False
+        self.features = None
+        self._labels, self._epoch = None, None
+
+    def begin_step(self, labels=None, epoch=None, capture=False):
+        self._labels, self._epoch, self.capture, self.features = labels, epoch, capture, None
+
+    def end_step(self):
+        self._labels, self.capture, self.features = None, False, None
+
+    def forward(self, x):
+        f = self.encoder(x)
+        if self.capture and self.features is None:
+            self.features = f
+        if self.fds is not None and self._labels is not None and self.training:
+            f = self.fds(f, self._labels, self._epoch)
+        return self.head(f)
+
+
+class DenseRegressor(Regressor):
+    """The depth model: the whole encoder-decoder is the 'encoder', no head."""
+
+    def __init__(self, net):
+        super().__init__(net, nn.Identity())
+
+
+def build_model(name, in_shape, width=None, fds=None, channels_last=False):
+    """A `Regressor` for inputs of shape ``in_shape`` (C, H, W) or (F,). ``width``: base width
+    (mlp hidden units; cnn / resnet channels; default 128 / 32 / 64). ``fds``: a callable
+    feature_dim -> FDS module, or None."""
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+    if name == "depthnet":
+        return DenseRegressor(DepthNet(50, width or 64))
+    if name == "mlp":
+        n_in = 1
+        for s in in_shape:
+            n_in *= int(s)
+        enc = MLP(n_in, width or 128)
+    elif name == "cnn":
+        enc = SmallCNN(width or 32, in_shape[0])
+    else:
+        depth = int(name[len("resnet"):])
+        small = max(in_shape[-2:]) <= 64
+        enc = None
+        if (width or 64) == 64 and not small and in_shape[0] == 3:
+            enc = _torchvision_resnet(depth)
+        if enc is None:
+            enc = ResNet(depth, width or 64, small_input=small, in_channels=in_shape[0])
+    feat = enc.out_features
+    model = Regressor(enc, nn.Linear(feat, 1), fds(feat) if fds is not None else None)
+    return model

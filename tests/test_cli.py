@@ -1,0 +1,287 @@
+"""End-to-end tests of the training CLI: short runs for every method flag, exact resume, DDP with
+2 gloo processes against one process, config files and errors, eval, sweep, motivation --quick.
+
+Runs use the two-Gaussian data (MLP, < 1 s per epoch) and a tiny build of the default image data
+(16 px, a few hundred images, a narrow CNN)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ssir_fast.cli import main
+from ssir_fast.train import ConfigError, make_config, train
+from ssir_fast.train.config import load_config_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GAUSS = ["--data", "two_gaussians", "--ratio", "4", "--epochs", "2", "--batch-size", "256",
+         "--no-progress", "--no-plots"]
+TINY_IMG = ["--data", "default", "--data-options",
+            "n_train=300,max_angle=30,val_per_bin=2,test_per_bin=3", "--image-size", "16",
+            "--width", "8", "--epochs", "2", "--milestones", "1", "--batch-size", "64",
+            "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _data_cache(tmp_path_factory, monkeypatch):
+    # one build of the tiny default data for the whole session
+    monkeypatch.setenv("SSIR_FAST_DATA", str(tmp_path_factory.getbasetemp() / "data"))
+
+
+def run(args, tmp_path, name="run"):
+    out = str(tmp_path / name)
+    assert main(["train", *args, "--out", out]) == 0
+    return out
+
+
+def test_metrics(out, split="test"):
+    with open(os.path.join(out, f"{split}_metrics.json")) as f:
+        return json.load(f)
+
+
+test_metrics.__test__ = False  # a helper, not a test
+
+
+METHODS = {
+    "vanilla": [],
+    "mse": ["--loss", "mse"],
+    "huber": ["--loss", "huber"],
+    "focal-l1": ["--loss", "focal-l1"],
+    "focal-mse": ["--loss", "focal-mse", "--focal-activate", "tanh"],
+    "bmc": ["--loss", "bmc"],
+    "gai": ["--loss", "gai", "--gmm-components", "3"],
+    "bni": ["--loss", "bni"],
+    "inv": ["--reweight", "inverse"],
+    "sqinv+lds": ["--reweight", "sqrt_inv", "--lds", "--lds-kernel", "triang", "--lds-ks", "3"],
+    "fds": ["--fds", "--fds-start-smooth", "1"],
+    "ranksim": ["--ranksim"],
+    "smogn": ["--smogn"],
+    "ssir": ["--ssir", "--epsilon", "0.5", "--lam", "1.0"],
+    "sqinv+ssir-clean-1step": ["--reweight", "sqrt_inv", "--ssir", "--ssir-target", "clean",
+                               "--n-steps", "1", "--ssir-distance", "huber"],
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_method_flags_train_end_to_end(method, tmp_path):
+    out = run(GAUSS + METHODS[method], tmp_path)
+    res = test_metrics(out)
+    for g in ("all", "many", "few"):
+        assert np.isfinite(res[g]["mae"]), (method, g, res[g])
+    assert res["all"]["count"] == 1000           # balanced test set: 500 + 500
+    hist = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert all(np.isfinite(h["train_loss"]) for h in hist)
+    if "ssir" in method:
+        assert 0.0 <= hist[-1]["similarity"] <= 1.0
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["method"] == make_config(
+            {"data": "two_gaussians", **_flags(METHODS[method])}).method_name()
+
+
+def _flags(args):
+    """The config values the method flags set (for the method name)."""
+    from ssir_fast.cli import build_parser
+    ns = build_parser().parse_args(["train", *args])
+    return {k: v for k, v in vars(ns).items() if k not in ("command", "config", "sweep")}
+
+
+def test_training_learns_and_beats_the_mean(tmp_path):
+    out = run(["--data", "two_gaussians", "--ratio", "4", "--epochs", "30", "--no-progress",
+               "--no-plots"], tmp_path)
+    res = test_metrics(out)
+    ds = __import__("ssir_fast.data", fromlist=["two_gaussians"]).two_gaussians(ratio=4)
+    y = ds.splits["test"].targets
+    baseline = np.abs(y - ds.splits["train"].targets.mean()).mean()
+    assert res["all"]["mae"] < 0.5 * baseline
+
+
+def test_image_run_writes_everything(tmp_path, capsys):
+    out = run(TINY_IMG + ["--reweight", "sqrt_inv", "--ssir", "--fds"], tmp_path)
+    text = capsys.readouterr().out
+    assert "many" in text and "few" in text and "MAE" in text and "GM" in text
+    for name in ("best.pt", "last.pt", "metrics.jsonl", "metrics.csv", "test_metrics.json",
+                 "test_per_bin.csv", "summary.json", "per_bin_test.png", "curves.png",
+                 "similarity.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    ck = torch.load(os.path.join(out, "last.pt"), weights_only=False)
+    assert ck["epoch"] == 1 and "fds.running_mean" in ck["model"]
+    assert int(ck["model"]["fds.epoch"]) == 1     # statistics folded in once per epoch
+    # eval of the best checkpoint reproduces the run's test table
+    before = test_metrics(out)
+    ev = str(tmp_path / "eval")
+    assert main(["eval", "--checkpoint", os.path.join(out, "best.pt"), "--out", ev]) == 0
+    after = test_metrics(ev)
+    for g in ("all", "many", "medium", "few"):
+        assert after[g]["mae"] == pytest.approx(before[g]["mae"], rel=1e-6)
+    # the perturbation plot helper (paper Figure 4)
+    png = str(tmp_path / "pert.png")
+    assert main(["perturbations", "--checkpoint", os.path.join(out, "best.pt"), "--epsilons",
+                 "0.1,1", "--n", "2", "--out", png]) == 0
+    assert os.path.getsize(png) > 0
+
+
+@pytest.mark.parametrize("args", [
+    GAUSS[:-4] + ["--epochs", "4", "--batch-size", "256", "--reweight", "sqrt_inv", "--fds",
+                  "--ssir", "--epsilon", "0.5", "--no-progress", "--no-plots"],
+    TINY_IMG[:-9] + ["--width", "8", "--epochs", "3", "--milestones", "2", "--batch-size", "64",
+                     "--ssir", "--no-progress", "--no-plots"],
+], ids=["mlp-sqinv-fds-ssir", "cnn-ssir"])
+def test_resume_is_exact(args, tmp_path):
+    full = run(args, tmp_path, "full")
+    part = str(tmp_path / "part")
+    assert main(["train", *args, "--out", part, "--stop-after", "2"]) == 0
+    assert not os.path.exists(os.path.join(part, "test_metrics.json"))
+    assert main(["train", *args, "--out", part, "--resume"]) == 0
+    a, b = test_metrics(full), test_metrics(part)
+    for g in ("all", "many", "medium", "few"):
+        assert a[g]["mae"] == b[g]["mae"] and a[g]["gm"] == b[g]["gm"], g
+    ha = [json.loads(line) for line in open(os.path.join(full, "metrics.jsonl"))]
+    hb = [json.loads(line) for line in open(os.path.join(part, "metrics.jsonl"))]
+    drop = ("images_per_s", "epoch_time_s")
+    assert [{k: v for k, v in h.items() if k not in drop} for h in ha] == \
+           [{k: v for k, v in h.items() if k not in drop} for h in hb]
+
+
+def test_resume_rejects_changed_options(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert main(["train", *GAUSS, "--out", out, "--stop-after", "1"]) == 0
+    assert main(["train", *GAUSS, "--lr", "0.01", "--out", out, "--resume"]) == 2
+    assert "different options" in capsys.readouterr().err
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    # Full-batch training (global batch >= training set): the two shards' averaged gradients equal
+    # the single-process gradient, FDS statistics and metric tables are summed over the ranks.
+    args = ["train", "--data", "two_gaussians", "--ratio", "4", "--epochs", "5",
+            "--batch-size", "1280", "--lr", "0.01", "--reweight", "sqrt_inv", "--fds",
+            "--no-progress", "--no-plots", "--device", "cpu"]
+    single = str(tmp_path / "single")
+    assert main(args + ["--out", single]) == 0
+    multi = str(tmp_path / "ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", "-m", "ssir_fast.cli", *args, "--out", multi],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = test_metrics(single), test_metrics(multi)
+    for g in ("all", "many", "few"):
+        assert a[g]["count"] == b[g]["count"]
+        assert b[g]["mae"] == pytest.approx(a[g]["mae"], rel=1e-3), g
+    ha = [json.loads(line) for line in open(os.path.join(single, "metrics.jsonl"))]
+    hb = [json.loads(line) for line in open(os.path.join(multi, "metrics.jsonl"))]
+    assert [h["train_loss"] for h in hb] == pytest.approx([h["train_loss"] for h in ha], rel=1e-3)
+    ck = torch.load(os.path.join(multi, "last.pt"), weights_only=False)
+    assert ck["world"] == 2 and len(ck["rng"]) == 2
+    assert int(ck["model"]["fds.num_samples_tracked"].sum()) == 5 * 1250  # both shards counted
+
+
+def test_rrt_second_stage_from_checkpoint(tmp_path):
+    first = run(GAUSS, tmp_path, "first")
+    out = run(GAUSS + ["--rrt", "--reweight", "sqrt_inv", "--checkpoint",
+                       os.path.join(first, "best.pt"), "--rrt-epochs", "1"], tmp_path, "rrt")
+    a = torch.load(os.path.join(first, "best.pt"), weights_only=False)["model"]
+    b = torch.load(os.path.join(out, "best.pt"), weights_only=False)["model"]
+    assert torch.equal(a["encoder.net.0.weight"], b["encoder.net.0.weight"])  # frozen encoder
+    assert not torch.equal(a["head.weight"], b["head.weight"])                # re-trained head
+    assert np.isfinite(test_metrics(out)["all"]["mae"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lds"], "--lds smooths the counts"),
+    (["--rrt", "--reweight", "sqrt_inv"], "--rrt re-trains the last layer of a trained model"),
+    (["--rrt", "--checkpoint", "/nonexistent.pt", "--reweight", "inverse"], "file not found"),
+    (["--data", "default", "--smogn"], "--smogn over-samples feature vectors"),
+    (["--data", "agedb"], "needs --data-root"),
+    (["--data", "tabular", "--data-root", "x.csv"], "needs --target"),
+    (["--data", "two_gaussians", "--model", "cnn"], "use --model mlp"),
+    (["--data", "nyud2", "--data-root", "x", "--fds"], "--fds and --ranksim"),
+    (["--lds-ks", "4", "--reweight", "inverse", "--lds"], "must be odd"),
+    (["--epochs", "0"], "--epochs must be an integer >= 1"),
+    (["--schedule", "multistep", "--milestones", ""], "needs --milestones"),
+    (["--resume"], "--resume needs --out"),
+])
+def test_invalid_combinations_fail_before_any_work(args, message, tmp_path, capsys,
+                                                   monkeypatch):
+    import ssir_fast.train.trainer as T
+    monkeypatch.setattr(T, "load_data", lambda *a, **k: pytest.fail("work started"))
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "error" in err
+
+
+def test_config_files_yaml_toml_and_precedence(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("data: two_gaussians\nreweight: sqrt_inv\nlds: true\nlam: 0.5\nssir: yes\n"
+                 "epsilon: 1e-3\nmilestones: [3, 4]\n")
+    t = tmp_path / "c.toml"
+    t.write_text('[train]\ndata = "two_gaussians"\nreweight = "inverse"\nlds-ks = 7\n')
+    cy = make_config({"lam": 2.0}, load_config_file(str(y)))
+    assert (cy.reweight, cy.lds, cy.ssir, cy.lam, cy.epsilon, cy.milestones) == \
+        ("sqrt_inv", True, True, 2.0, 1e-3, [3, 4])            # the flag beats the file
+    assert cy.model == "mlp" and cy.loss == "mse" and cy.weight_decay == 5e-5   # preset
+    ct = make_config({}, load_config_file(str(t)))
+    assert (ct.reweight, ct.lds_ks) == ("inverse", 7)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: default\nlamda: 0.1\n")
+    with pytest.raises(ConfigError, match="lamda"):
+        load_config_file(str(bad))
+    with pytest.raises(ConfigError, match="lam"):
+        make_config({}, {"lam": "abc"})
+
+
+def test_presets_hold_the_paper_schedules():
+    a = make_config({"data": "agedb", "data_root": "x"})
+    assert (a.model, a.epochs, a.batch_size, a.lr, a.milestones, a.loss, a.epsilon, a.lam) == \
+        ("resnet50", 90, 256, 1e-3, [60, 80], "l1", 1e-3, 0.1)
+    n = make_config({"data": "nyud2", "data_root": "x"})
+    assert (n.model, n.epochs, n.batch_size, n.lr, n.weight_decay, n.schedule, n.step_size,
+            n.loss, n.epsilon, n.lam, n.fds_clip) == \
+        ("depthnet", 20, 32, 1e-4, 1e-4, "step", 5, "mse", 5e-4, 1.0, [0.2, 5.0])
+
+
+def test_shipped_configs_are_valid():
+    folder = os.path.join(ROOT, "configs")
+    files = sorted(f for f in os.listdir(folder) if f.endswith((".yaml", ".toml")))
+    assert len(files) >= 8
+    seen = set()
+    for f in files:
+        values = load_config_file(os.path.join(folder, f))
+        cfg = make_config({"data_root": "somewhere"}, values)
+        seen.add((cfg.data, cfg.method_name()))
+    for need in [("agedb", "sqinv+ssir"), ("agedb", "focal-l1+ssir"), ("agedb", "vanilla"),
+                 ("imdb_wiki", "sqinv+ssir"), ("nyud2", "inv+ssir"), ("nyud2", "vanilla")]:
+        assert need in seen, need
+
+
+def test_sweep_writes_the_parameter_table(tmp_path):
+    out = str(tmp_path / "sw")
+    assert main(["train", *GAUSS[:-4], "--epochs", "1", "--no-progress", "--no-plots", "--ssir",
+                 "--out", out, "--sweep", "epsilon=0.1,1", "lam=0.5"]) == 0
+    lines = open(os.path.join(out, "sweep.csv")).read().strip().splitlines()
+    assert lines[0].startswith("epsilon,lam,all_mae") and len(lines) == 3
+    assert os.path.getsize(os.path.join(out, "sweep.png")) > 0
+    assert "| epsilon | lam |" in open(os.path.join(out, "sweep.md")).read()
+
+
+def test_motivation_quick(tmp_path):
+    out = str(tmp_path / "mot")
+    assert main(["motivation", "--quick", "--out", out]) == 0
+    rows = json.load(open(os.path.join(out, "motivation.json")))["rows"]
+    assert [r["ratio"] for r in rows] == [1, 4, 100]
+    assert all(np.isfinite(r["supervised_mean"]) and np.isfinite(r["ssl_mean"]) for r in rows)
+    assert os.path.getsize(os.path.join(out, "motivation.png")) > 0
+
+
+def test_models_without_torchvision_shapes():
+    from ssir_fast.train.models import build_model
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("cnn", "resnet18", "resnet50"):
+        m = build_model(name, (3, 32, 32), width=8)
+        assert m(x).shape == (2, 1)
+    from ssir_fast.train.models import DepthNet
+    d = DepthNet(50, width=8, dec=16)
+    assert d(torch.randn(1, 3, 48, 64)).shape == (1, 1, 48, 64)
