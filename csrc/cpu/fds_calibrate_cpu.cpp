@@ -1,7 +1,7 @@
 // CPU kernel of ssir_fast::fds_calibrate:  z'_n = (z_n - mu_b) * s_b + mu~_b,  b = bin_index[n],
 // s_b = sqrt(clamp(var~_b / var_b, lo, hi)) (see fds_common.h).
 //
-// The per-bin affine coefficients (scale, shift) are formed once ([B, C], small); the main pass
+// The per-bin affine coefficients (scale, shift) are formed once ([B, C], one loop); the main pass
 // reads each feature row once and writes it once: out = z * scale[b] + shift[b]. Rows are
 // distributed over threads; the inner loop over C is branch-free and vectorises. Samples whose
 // bin is outside [0, B) are copied unchanged.
@@ -10,11 +10,31 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "fds_common.h"
 #include "ops.h"
 
 namespace ssir_fast {
 namespace {
+
+// scale = sqrt(clamp(sv / v, lo, hi)) (0/0 -> 1, x/0 -> hi), shift = smean - mean * scale, in one
+// plain loop over [B, C] (cheaper than the composed ATen ops when N is small).
+template <typename acc_t, typename stat_t>
+void coefficients(const stat_t* mean, const stat_t* var, const stat_t* smean, const stat_t* svar,
+                  int64_t total, double lo, double hi, acc_t* scale, acc_t* shift) {
+  at::parallel_for(0, total, 1 << 14, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t v = static_cast<acc_t>(var[i]), sv = static_cast<acc_t>(svar[i]);
+      acc_t ratio = v > 0 ? sv / v : (sv > 0 ? static_cast<acc_t>(INFINITY) : acc_t(1));
+      ratio = std::min(std::max(ratio, static_cast<acc_t>(lo)), static_cast<acc_t>(hi));
+      const acc_t s = std::sqrt(ratio);
+      scale[i] = s;
+      shift[i] = static_cast<acc_t>(smean[i]) - static_cast<acc_t>(mean[i]) * s;
+    }
+  });
+}
 
 template <typename scalar_t, typename acc_t>
 void calibrate_rows(const at::Tensor& f, const int64_t* idx, int64_t B, const acc_t* scale,
@@ -51,8 +71,31 @@ at::Tensor fds_calibrate_cpu(const at::Tensor& features, const at::Tensor& bin_i
   at::Tensor idx = bin_index.contiguous();
   at::Tensor out = at::empty_like(f, at::MemoryFormat::Contiguous);
   if (f.numel() == 0) return out;
-  auto [scale, shift] = calibration_coefficients(f, mean, var, smoothed_mean, smoothed_var, lo, hi);
   const int64_t B = mean.size(0);
+  const auto acc = stats_dtype(f);
+  at::Tensor scale = at::empty(mean.sizes(), mean.options().dtype(acc));
+  at::Tensor shift = at::empty(mean.sizes(), mean.options().dtype(acc));
+  // The four statistics share one dtype (float32 or float64); promote if they do not.
+  const bool same = var.scalar_type() == mean.scalar_type() &&
+                    smoothed_mean.scalar_type() == mean.scalar_type() &&
+                    smoothed_var.scalar_type() == mean.scalar_type();
+  const auto st = same ? mean.scalar_type() : at::kDouble;
+  at::Tensor m = mean.to(st).contiguous(), v = var.to(st).contiguous();
+  at::Tensor sm = smoothed_mean.to(st).contiguous(), sv = smoothed_var.to(st).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(st, "fds_calibrate_coefficients", [&] {
+    using stat_t = scalar_t;
+    if (acc == at::kDouble) {
+      coefficients<double, stat_t>(m.const_data_ptr<stat_t>(), v.const_data_ptr<stat_t>(),
+                                   sm.const_data_ptr<stat_t>(), sv.const_data_ptr<stat_t>(),
+                                   m.numel(), lo, hi, scale.mutable_data_ptr<double>(),
+                                   shift.mutable_data_ptr<double>());
+    } else {
+      coefficients<float, stat_t>(m.const_data_ptr<stat_t>(), v.const_data_ptr<stat_t>(),
+                                  sm.const_data_ptr<stat_t>(), sv.const_data_ptr<stat_t>(),
+                                  m.numel(), lo, hi, scale.mutable_data_ptr<float>(),
+                                  shift.mutable_data_ptr<float>());
+    }
+  });
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "fds_calibrate_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     calibrate_rows<scalar_t, acc_t>(f, idx.const_data_ptr<int64_t>(), B,
