@@ -2,8 +2,9 @@
 toolkit for PyTorch, with fused C++/CUDA kernels."""
 from ._extension import HAS_CUDA_KERNELS, HAS_EXTENSION
 from . import ops, losses, reference
+from . import metrics
 from .ssir import SSIRLoss, SSIRResult
 
 __version__ = "0.1.0"
-__all__ = ["SSIRLoss", "SSIRResult", "ops", "losses", "reference", "HAS_EXTENSION",
+__all__ = ["SSIRLoss", "SSIRResult", "ops", "losses", "reference", "metrics", "HAS_EXTENSION",
            "HAS_CUDA_KERNELS", "__version__"]

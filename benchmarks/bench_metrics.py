@@ -1,0 +1,146 @@
+"""DIR evaluation: the fused bin_reduce op (through BinnedMetrics) vs the numpy loop of the
+official DIR code vs a torch.bincount implementation, and GB/s vs a copy-bandwidth probe.
+
+    pytest benchmarks/bench_metrics.py --benchmark-only            # CPU (and CUDA when present)
+
+Cases: "age_1e7" = 10^7 age predictions, 121 bins of 1 year; "depth" = dense depth maps
+[N, 1, 480, 640] with 93 bins of 0.1 m and the depth metrics, 2*10^8 pixels by default
+(SSIR_BENCH_DEPTH_PIXELS overrides it; the reply says which size ran). Every provider produces
+the same group metrics (all / many / medium / few) from the same tensors; ratios are taken in the
+same run. GB/s counts the bytes the op must read (pred + target [+ mask]) per second of a call;
+the copy probe counts read + write of one copy. `run_gpu_selftest()` is the same comparison on
+the GPU for the GPU self-test script (op vs torch.bincount and vs copy bandwidth).
+"""
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import copy_bandwidth, device_name, record, sync
+from ssir_fast.imbalance import LabelBins
+from ssir_fast.metrics import BinnedMetrics
+from ssir_fast.ops.bin_reduce import bin_reduce_torch
+from ssir_fast.reference import dir_shot_metrics_numpy
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEPTH_PIXELS = int(float(os.environ.get("SSIR_BENCH_DEPTH_PIXELS", 2e8)))
+H, W = 480, 640
+
+
+def timed(fn, device, repeats=3, warmup=1):
+    """Median seconds of fn() over `repeats` calls (after `warmup`)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def make_case(name, device):
+    """(pred, target, train_labels, bins, depth) for a case, generated on `device`."""
+    g = torch.Generator(device=device).manual_seed(0)
+    if name == "age_1e7":
+        n = 10 ** 7
+        y = torch.round(torch.rand(n, generator=g, device=device) ** 2 * 100)
+        pred = y + 6 * torch.randn(n, generator=g, device=device)
+        rng = np.random.default_rng(0)
+        train = np.clip(np.round(rng.gamma(6.0, 6.0, 12_000)), 0, 100)
+        return pred, y, train, LabelBins(0.0, 1.0, 121), False
+    maps = max(1, DEPTH_PIXELS // (H * W))
+    # smooth, spatially coherent depth: a ramp per map plus a little noise, in [0.7, 10)
+    ramp = torch.linspace(0.0, 1.0, H, device=device).reshape(1, 1, H, 1)
+    offset = torch.rand(maps, 1, 1, 1, generator=g, device=device)
+    y = (0.7 + 9.29 * ((ramp * 0.6 + offset * 0.4) ** 1.5)).expand(maps, 1, H, W).contiguous()
+    pred = y * (1 + 0.1 * torch.randn(y.shape, generator=g, device=device))
+    train = (0.7 + 9.3 * np.random.default_rng(0).random(4000) ** 3)  # all three shot groups occur
+    return pred, y, train, LabelBins(0.7, 0.1, 93), True
+
+
+def providers(pred, y, train, bins, depth):
+    counts = bins.counts(train)
+
+    def ours():
+        m = BinnedMetrics(bins=bins, train_counts=counts, depth=depth)
+        return m.update(pred, y).compute()
+
+    def bincount():
+        m = BinnedMetrics(bins=bins, train_counts=counts, depth=depth)
+        m._table = bin_reduce_torch(pred, y, bins.y_min, bins.bin_width, bins.num_bins)
+        return m.compute()
+
+    def numpy_loop():
+        return dir_shot_metrics_numpy(pred.cpu().numpy(), y.cpu().numpy(), train, bins.y_min,
+                                      bins.bin_width, bins.num_bins)
+
+    return ours, bincount, numpy_loop
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["age_1e7", "depth"])
+def test_metrics_speed(benchmark, device, case):
+    pred, y, train, bins, depth = make_case(case, device)
+    n = pred.numel()
+    ours, bincount, numpy_loop = providers(pred, y, train, bins, depth)
+    # the three agree before anything is timed
+    a, b = ours(), bincount()
+    for g in ("all", "many", "medium", "few"):
+        assert a[g]["mae"] == pytest.approx(b[g]["mae"], rel=1e-5), g
+
+    t_ours = timed(ours, device)
+    t_bincount = timed(bincount, device, repeats=1)
+    t_numpy = None
+    if device == "cpu":  # the numpy loop is host code: timed once, it is by far the slowest
+        t_numpy = timed(numpy_loop, device, repeats=1, warmup=0)
+    nbytes = 2 * n * pred.element_size()
+    copy = copy_bandwidth(256 * 2 ** 20 if device == "cpu" else 2 ** 30, device)
+    gbps = nbytes / t_ours / 1e9
+    row = dict(case=case, device=device, device_name=device_name(device), n=n,
+               ours_s=t_ours, bincount_s=t_bincount, numpy_loop_s=t_numpy,
+               speedup_vs_bincount=t_bincount / t_ours,
+               speedup_vs_numpy_loop=None if t_numpy is None else t_numpy / t_ours,
+               gbps=gbps, copy_gbps=copy, fraction_of_copy=gbps / copy)
+    record("metrics", **row)
+    benchmark.extra_info.update(row)
+    benchmark.pedantic(ours, rounds=1, iterations=1)
+    del pred, y
+
+
+def run_gpu_selftest(pixels=2 * 10 ** 8):
+    """GPU check for the self-test script: bin_reduce (through BinnedMetrics and alone) on a
+    depth-sized input vs the torch.bincount implementation and vs copy bandwidth. Returns the
+    result row (also appended to benchmarks/results.jsonl)."""
+    from ssir_fast.ops import bin_reduce
+    assert torch.cuda.is_available(), "run_gpu_selftest needs a CUDA device"
+    global DEPTH_PIXELS
+    DEPTH_PIXELS = pixels
+    device = "cuda"
+    pred, y, train, bins, depth = make_case("depth", device)
+    ours, bincount, _ = providers(pred, y, train, bins, depth)
+    a, b = ours(), bincount()
+    assert a["all"]["mae"] == pytest.approx(b["all"]["mae"], rel=1e-5)
+    cpu_check = bin_reduce(pred[:2].cpu(), y[:2].cpu(), 0.7, 0.1, 93)
+    gpu_check = bin_reduce(pred[:2], y[:2], 0.7, 0.1, 93).cpu()
+    np.testing.assert_allclose(gpu_check.numpy(), cpu_check.numpy(), rtol=1e-5, atol=1)
+    op_only = lambda: bin_reduce(pred, y, 0.7, 0.1, 93, allow_nonfinite=True)  # noqa: E731
+    t_op = timed(op_only, device, repeats=5)
+    t_ours = timed(ours, device, repeats=5)
+    t_bincount = timed(bincount, device, repeats=3)
+    copy = copy_bandwidth(2 ** 30, device)
+    nbytes = 2 * pred.numel() * pred.element_size()
+    row = dict(case="depth_gpu_selftest", device=device, device_name=device_name(device),
+               n=pred.numel(), op_s=t_op, metrics_s=t_ours, bincount_s=t_bincount,
+               speedup_vs_bincount=t_bincount / t_ours, gbps=nbytes / t_op / 1e9,
+               copy_gbps=copy, fraction_of_copy=nbytes / t_op / 1e9 / copy)
+    record("metrics_gpu", **row)
+    return row
+
+
+if __name__ == "__main__":  # python benchmarks/bench_metrics.py  -> GPU self-test
+    print(run_gpu_selftest())
