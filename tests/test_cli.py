@@ -29,6 +29,12 @@ TINY_IMG = ["--data", "default", "--data-options",
 def _data_cache(tmp_path_factory, monkeypatch):
     # one build of the tiny default data for the whole session
     monkeypatch.setenv("SSIR_FAST_DATA", str(tmp_path_factory.getbasetemp() / "data"))
+    # small models on shared cores: one thread is several times faster (the default-data preset
+    # sets --threads 1 itself); restore the session's setting afterwards
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run(args, tmp_path, name="run"):
@@ -69,7 +75,7 @@ METHODS = {
 def test_method_flags_train_end_to_end(method, tmp_path):
     out = run(GAUSS + METHODS[method], tmp_path)
     res = test_metrics(out)
-    for g in ("all", "many", "few"):
+    for g in ("all", "medium", "few"):   # 100 bins over 1,250 samples: no many-shot bin
         assert np.isfinite(res[g]["mae"]), (method, g, res[g])
     assert res["all"]["count"] == 1000           # balanced test set: 500 + 500
     hist = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
@@ -116,7 +122,8 @@ def test_image_run_writes_everything(tmp_path, capsys):
     assert main(["eval", "--checkpoint", os.path.join(out, "best.pt"), "--out", ev]) == 0
     after = test_metrics(ev)
     for g in ("all", "many", "medium", "few"):
-        assert after[g]["mae"] == pytest.approx(before[g]["mae"], rel=1e-6)
+        if before[g]["mae"] is not None:
+            assert after[g]["mae"] == pytest.approx(before[g]["mae"], rel=1e-6)
     # the perturbation plot helper (paper Figure 4)
     png = str(tmp_path / "pert.png")
     assert main(["perturbations", "--checkpoint", os.path.join(out, "best.pt"), "--epsilons",
@@ -138,7 +145,7 @@ def test_resume_is_exact(args, tmp_path):
     assert main(["train", *args, "--out", part, "--resume"]) == 0
     a, b = test_metrics(full), test_metrics(part)
     for g in ("all", "many", "medium", "few"):
-        assert a[g]["mae"] == b[g]["mae"] and a[g]["gm"] == b[g]["gm"], g
+        assert a[g]["mae"] == b[g]["mae"] and a[g]["gm"] == b[g]["gm"], g   # None == None: empty
     ha = [json.loads(line) for line in open(os.path.join(full, "metrics.jsonl"))]
     hb = [json.loads(line) for line in open(os.path.join(part, "metrics.jsonl"))]
     drop = ("images_per_s", "epoch_time_s")
@@ -168,7 +175,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = test_metrics(single), test_metrics(multi)
-    for g in ("all", "many", "few"):
+    for g in ("all", "medium", "few"):
         assert a[g]["count"] == b[g]["count"]
         assert b[g]["mae"] == pytest.approx(a[g]["mae"], rel=1e-3), g
     ha = [json.loads(line) for line in open(os.path.join(single, "metrics.jsonl"))]

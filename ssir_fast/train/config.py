@@ -48,6 +48,9 @@ class TrainConfig:
     data_options: Optional[dict] = _f(None, "extra data-set options k=v,k=v (default data: n_train,"
                                       " val_per_bin, test_per_bin, max_angle, tau)", group="data",
                                       flag_type="kv")
+    augment: Optional[bool] = _f(None, "DIR training augmentation (pad-16 random crop + flip; "
+                                 "default on, off for the default data: a flip changes the "
+                                 "rotation angle)", group="data", flag_type="bool")
     backend: str = _f("auto", "image loader backend", ("auto", "dali", "torch"), "data")
     workers: Optional[int] = _f(None, "loader workers (default: 0 for images <= 32 px, else "
                                 "min(4, CPUs))", group="data", flag_type=int)
@@ -55,6 +58,10 @@ class TrainConfig:
     model: Optional[str] = _f(None, "model (default: per data set)", MODELS, "model")
     width: Optional[int] = _f(None, "base width (mlp hidden / cnn / resnet channels)", group="model",
                               flag_type=int)
+    standardize_target: Optional[bool] = _f(None, "the head predicts (y - mean) / std of the "
+                                            "training labels (default on for default/tabular/"
+                                            "two_gaussians, off for the paper data sets)",
+                                            group="model", flag_type="bool")
     # supervised loss
     loss: Optional[str] = _f(None, "supervised loss (default: l1, mse for nyud2/two_gaussians)",
                              LOSSES, "method")
@@ -127,6 +134,9 @@ class TrainConfig:
     amp: bool = _f(True, "bf16 autocast on GPU (ignored on CPU)")
     channels_last: bool = _f(True, "channels_last memory format on GPU (ignored on CPU)")
     compile: bool = _f(False, "torch.compile the model")
+    threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's; 1 for the small "
+                                "default model, which gains little from more and suffers most on "
+                                "busy cores)", flag_type=int)
     # output
     out: Optional[str] = _f(None, "run folder (default runs/<data>-<method>-s<seed>)", group="output")
     resume: bool = _f(False, "continue the run in --out from its last checkpoint", group="output")
@@ -159,8 +169,9 @@ class TrainConfig:
 
 # The paper's settings per data set (SPEC 2), and fast settings for the small data sets.
 PRESETS = {
-    "default": dict(model="cnn", width=16, image_size=16, epochs=12, batch_size=128, lr=1e-3,
-                    weight_decay=0.0, schedule="multistep", milestones=[8, 11], loss="l1"),
+    "default": dict(augment=False, standardize_target=True, model="cnn", width=16, image_size=16,
+                    epochs=8, batch_size=128, lr=1e-3, weight_decay=0.0, schedule="multistep",
+                    milestones=[5, 7], loss="l1", threads=1),
     "agedb": dict(model="resnet50", image_size=224, epochs=90, batch_size=256, lr=1e-3,
                   weight_decay=0.0, schedule="multistep", milestones=[60, 80], loss="l1"),
     "imdb_wiki": dict(model="resnet50", image_size=224, epochs=90, batch_size=256, lr=1e-3,
@@ -168,12 +179,13 @@ PRESETS = {
     "nyud2": dict(model="depthnet", epochs=20, batch_size=32, lr=1e-4, weight_decay=1e-4,
                   schedule="step", step_size=5, loss="mse", lam=1.0, epsilon=5e-4,
                   fds_clip=[0.2, 5.0]),
-    "two_gaussians": dict(model="mlp", width=128, epochs=200, batch_size=256, lr=1e-3,
+    "two_gaussians": dict(standardize_target=True, model="mlp", width=128, epochs=200, batch_size=256, lr=1e-3,
                           weight_decay=5e-5, schedule="none", loss="mse"),
-    "tabular": dict(model="mlp", width=128, epochs=100, batch_size=256, lr=1e-3,
+    "tabular": dict(standardize_target=True, model="mlp", width=128, epochs=100, batch_size=256, lr=1e-3,
                     weight_decay=0.0, schedule="none", loss="l1"),
 }
-FALLBACK = dict(lam=0.1, epsilon=1e-3, fds_clip=[0.1, 10.0], schedule="none", weight_decay=0.0)
+FALLBACK = dict(augment=True, standardize_target=False, lam=0.1, epsilon=1e-3, fds_clip=[0.1, 10.0], schedule="none",
+                weight_decay=0.0)
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 
@@ -260,7 +272,7 @@ def add_arguments(parser):
             groups[g] = parser.add_argument_group(g)
         flag = "--" + f.name.replace("_", "-")
         kw = dict(dest=f.name, default=argparse.SUPPRESS, help=md["help"])
-        if isinstance(f.default, bool):
+        if isinstance(f.default, bool) or md["type"] == "bool":
             groups[g].add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
         t = md["type"]
@@ -286,7 +298,7 @@ def _coerce(name, value):
         return None
     t = f.metadata["type"]
     try:
-        if isinstance(f.default, bool):
+        if isinstance(f.default, bool) or t == "bool":
             if isinstance(value, str):
                 if value.lower() in ("true", "yes", "1", "on"):
                     return True
@@ -427,6 +439,8 @@ def validate(cfg):
     if str(cfg.device).startswith("cuda"):
         import torch
         need(torch.cuda.is_available(), f"--device {cfg.device}: no CUDA device is available")
+    if cfg.threads is not None:
+        need(cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
     if cfg.stop_after is not None:
         need(cfg.stop_after >= 1, f"--stop-after must be >= 1, got {cfg.stop_after}")
     if cfg.resume:

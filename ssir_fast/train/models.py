@@ -209,6 +209,10 @@ class Regressor(nn.Module):
     def __init__(self, encoder, head, fds=None):
         super().__init__()
         self.encoder, self.head, self.fds = encoder, head, fds
+        # pred = head(f) * out_scale + out_shift: the label mean / std of the training set, so
+        # the head starts in the label range (see `set_output_range`).
+        self.register_buffer("out_scale", torch.ones(()))
+        self.register_buffer("out_shift", torch.zeros(()))
         self.capture = False
         self.features = None
         self._labels, self._epoch = None, None
@@ -225,7 +229,11 @@ class Regressor(nn.Module):
             self.features = f
         if self.fds is not None and self._labels is not None and self.training:
             f = self.fds(f, self._labels, self._epoch)
-        return self.head(f)
+        return self.head(f) * self.out_scale + self.out_shift
+
+    def set_output_range(self, shift, scale=1.0):
+        self.out_shift.fill_(float(shift))
+        self.out_scale.fill_(float(scale))
 
 
 class DenseRegressor(Regressor):

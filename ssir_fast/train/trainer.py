@@ -225,6 +225,8 @@ class Trainer:
     def _setup(self):
         cfg, env = self.cfg, self.env
         seed_everything(cfg.seed, cfg.deterministic)
+        if cfg.threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(cfg.threads)
         ds, train_labels = load_data(cfg, progress=env.main and cfg.progress)
         self.ds, self.bins, self.train_labels = ds, ds.bins, train_labels
         self.depth = getattr(ds, "kind", None) == "depth"
@@ -241,7 +243,8 @@ class Trainer:
         if cfg.backend == "auto" and getattr(ds, "kind", None) != "tabular":
             common["backend"] = "torch" if not self.cuda else "auto"
         self.train_loader = make_loader(ds, "train", per_rank, shard=(env.rank, env.world),
-                                        even_shards=env.active, bin_weights=self.bin_w, **common)
+                                        even_shards=env.active, bin_weights=self.bin_w,
+                                        augment=cfg.augment, **common)
         self.loaders = {}
         for split in ("val", "test"):
             if split in ds.splits and len(ds.splits[split]):
@@ -256,12 +259,11 @@ class Trainer:
                           start_update=cfg.fds_start_update, start_smooth=cfg.fds_start_smooth,
                           clip=tuple(cfg.fds_clip))
         self.model = build_model(cfg.model, input_shape(ds), cfg.width, fds)
-        # Start the head at the mean training label: with an L1 loss and lr 1e-3 the output
-        # otherwise needs many epochs just to reach the label range.
-        bias = getattr(self.model.head, "bias", None)
-        if bias is not None:
-            with torch.no_grad():
-                bias.fill_(float(np.mean(train_labels)))
+        # The output starts at the mean training label (and, with --standardize-target, the head
+        # predicts (y - mean) / std): with an L1 loss and Adam at lr 1e-3 the raw head otherwise
+        # needs many epochs just to reach the label range.
+        self.model.set_output_range(np.mean(train_labels),
+                                    np.std(train_labels) if cfg.standardize_target else 1.0)
         self.model = self.model.to(self.device)
         if self.channels_last and not getattr(ds, "kind", None) == "tabular":
             self.model = self.model.to(memory_format=torch.channels_last)
