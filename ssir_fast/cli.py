@@ -53,7 +53,7 @@ def build_parser():
 
 def parse_sweep(items):
     """['epsilon=1e-4,1e-3', 'lam=0.1,1'] -> {'epsilon': ['1e-4', '1e-3'], 'lam': ['0.1', '1']}."""
-    from .train.config import ConfigError, TrainConfig
+    from .train.config import ConfigError, TrainConfig, coerce_value
     grid = {}
     names = set(TrainConfig.__dataclass_fields__)
     for item in items:
@@ -66,7 +66,7 @@ def parse_sweep(items):
         vs = [v for v in vals.split(",") if v.strip()]
         if not vs:
             raise ConfigError(f"--sweep: no values for {k!r}")
-        grid[k] = vs
+        grid[k] = [coerce_value(k, v.strip()) for v in vs]
     return grid
 
 

@@ -291,7 +291,7 @@ def add_arguments(parser):
     return parser
 
 
-def _coerce(name, value):
+def coerce_value(name, value):
     """Config-file values to the field's type (e.g. '1e-3' strings from YAML)."""
     f = _FIELDS[name]
     if value is None:
@@ -329,7 +329,7 @@ def _coerce(name, value):
 def make_config(cli=None, file_values=None, validate_now=True):
     """TrainConfig from defaults < preset < file values < CLI values (dicts of field: value)."""
     cli = {_norm_key(k): v for k, v in (cli or {}).items()}
-    file_values = {k: _coerce(k, v) for k, v in (file_values or {}).items()}
+    file_values = {k: coerce_value(k, v) for k, v in (file_values or {}).items()}
     given = {**file_values, **cli}
     unknown = sorted(set(given) - set(_FIELDS))
     if unknown:
