@@ -11,8 +11,8 @@ default model (the narrow CNN of `ssir_fast.train.models`, width 16). Providers:
   forward per step, parameter gradients computed and thrown away).
 The three run interleaved (round robin) in the same process, so the machine's load affects them
 alike; each figure is the median over rounds. On a GPU (when present) the same step runs
-ResNet-50 at 224 x 224, batch SSIR_BENCH_BATCH (default 256), bf16 autocast, channels_last, on
-random inputs (the loader is not the subject there).
+ResNet-50 (torchvision's, else the built-in one) at 224 x 224, batch SSIR_BENCH_BATCH (default
+256), bf16 autocast, channels_last, on random inputs (the loader is not the subject there).
 """
 import os
 import time
@@ -31,6 +31,7 @@ ROUNDS = int(os.environ.get("SSIR_BENCH_ROUNDS", "12"))
 def _cpu_case():
     from ssir_fast.data import load_dataset, make_loader
     from ssir_fast.train.models import build_model
+    torch.set_num_threads(1)   # as `ssir-fast train` on the default data (--threads 1)
     ds = load_dataset("default", image_size=16, progress=False)
     loader = make_loader(ds, "train", 128, backend="torch", augment=False, num_workers=0)
     torch.manual_seed(0)
@@ -47,16 +48,10 @@ def iter_forever(loader):
 
 
 def _gpu_case():
-    try:
-        import torchvision
-    except ImportError:
-        pytest.skip("the GPU training-step benchmark uses torchvision's ResNet-50")
-    from ssir_fast.train.models import Regressor
+    # ResNet-50 (torchvision's when installed, else the built-in one of ssir_fast.train.models)
+    from ssir_fast.train.models import build_model
     n = int(os.environ.get("SSIR_BENCH_BATCH", "256"))
-    enc = torchvision.models.resnet50(weights=None)
-    feat = enc.fc.in_features
-    enc.fc = torch.nn.Identity()
-    model = Regressor(enc, torch.nn.Linear(feat, 1)).cuda().to(memory_format=torch.channels_last)
+    model = build_model("resnet50", (3, 224, 224)).cuda().to(memory_format=torch.channels_last)
     x = torch.randn(n, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
     y = torch.rand(n, 1, device="cuda") * 100
     w = torch.ones_like(y)

@@ -292,3 +292,39 @@ def test_models_without_torchvision_shapes():
     from ssir_fast.train.models import DepthNet
     d = DepthNet(50, width=8, dec=16)
     assert d(torch.randn(1, 3, 48, 64)).shape == (1, 1, 48, 64)
+
+
+def test_agedb_layout_and_tabular_csv_and_nyud2_depth(tmp_path):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _dir_data import write_dir_csv, write_nyud2
+    # AgeDB-DIR layout (age,path,split CSV + JPEGs), built-in ResNet-18 narrow, with augmentation
+    agedb = str(tmp_path / "agedb")
+    write_dir_csv(agedb, sizes=(24, 6, 8), size=16)
+    out = run(["--data", "agedb", "--data-root", agedb, "--model", "resnet18", "--width", "4",
+               "--image-size", "16", "--epochs", "1", "--batch-size", "8", "--reweight",
+               "sqrt_inv", "--lds", "--fds", "--ssir", "--no-progress", "--no-plots"],
+              tmp_path, "agedb_run")
+    assert test_metrics(out)["all"]["count"] == 8
+    # tabular CSV with a split column
+    csv_path = str(tmp_path / "tab.csv")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    y = np.exp(X[:, 0]) * 5
+    with open(csv_path, "w") as f:
+        f.write("a,b,c,target,split\n")
+        for i in range(120):
+            s = "train" if i < 80 else "val" if i < 100 else "test"
+            f.write(",".join(f"{v:.5f}" for v in X[i]) + f",{y[i]:.5f},{s}\n")
+    out = run(["--data", "tabular", "--data-root", csv_path, "--target", "target", "--epochs",
+               "2", "--smogn", "--ssir", "--epsilon", "0.1", "--no-progress", "--no-plots"],
+              tmp_path, "tab_run")
+    assert test_metrics(out)["all"]["count"] == 20
+    # NYUD2-DIR depth maps: encoder-decoder, per-pixel INV weights, SSIR with the MSE distance
+    nyu = str(tmp_path / "nyu")
+    write_nyud2(nyu, n_train=4, n_test=2, size=32)
+    out = run(["--data", "nyud2", "--data-root", nyu, "--width", "4", "--image-size", "32",
+               "--epochs", "1", "--batch-size", "2", "--reweight", "inverse", "--ssir",
+               "--no-progress"], tmp_path, "nyu_run")
+    res = test_metrics(out)
+    assert res["all"]["count"] > 0 and np.isfinite(res["all"]["rmse"])
+    assert res["all"]["delta1"] is not None
