@@ -1,14 +1,16 @@
 """Data-parallel helpers for `torchrun` (NCCL on GPU, gloo on CPU).
 
-Why not the DistributedDataParallel wrapper: an SSIR step runs the model several times (clean,
-adversarial passes) before one backward, and the clean and adversarial graphs both reach every
-parameter, which the DDP reducer rejects ("marked ready twice"). The step therefore does what DDP
-does, explicitly: identical initial weights (broadcast from rank 0), per-rank forward/backward on
-its shard of the global batch, then ONE all_reduce of the flattened gradients divided by the world
-size, before the optimiser step. BatchNorm statistics stay per rank during the epoch (as with DDP
-without SyncBatchNorm) and are broadcast from rank 0 at the end of each epoch so evaluation and
-checkpoints see one model. FDS statistics and the evaluation tables are summed across ranks by
-`ssir_fast.fds.FDS` and `ssir_fast.metrics.BinnedMetrics` themselves.
+The training step runs the model wrapped in `torch.nn.parallel.DistributedDataParallel`: identical
+initial weights (DDP broadcasts rank 0's), each rank forwards/backwards its shard of the global
+batch, and DDP averages the gradients during the backward. An SSIR step calls the wrapped model
+several times (clean and adversarial passes) before its one backward; the input-only gradients of
+the perturbation passes never reach the parameters' accumulators, and both graphs' contributions
+to a parameter are summed before its DDP hook fires, so the averaged gradient is the one of the
+whole global batch. Parameters outside the model (Balanced MSE's learned noise sigma) are averaged
+with `all_reduce_grads`. BatchNorm buffers are broadcast from rank 0 (DDP at each forward, and
+`broadcast_module` at the end of each epoch, so evaluation and checkpoints see one model). FDS
+statistics and the evaluation tables are summed across ranks by `ssir_fast.fds.FDS` and
+`ssir_fast.metrics.BinnedMetrics` themselves.
 """
 import os
 

@@ -279,16 +279,33 @@ class Trainer:
             self.ssir = SSIRLoss(cfg.ssir_bin_width or self.bins.bin_width, cfg.epsilon, cfg.lam,
                                  ssir_distance(cfg), cfg.n_steps, cfg.ssir_target, lo, hi,
                                  base_loss=self.base_loss, validate=False)
-        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
 
     def _optimizer(self, params):
         cfg = self.cfg
         params = list(params)
+        self._wrap()
         if self.loss_module is not None:
             params += list(self.loss_module.parameters())
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = make_scheduler(cfg, self.opt)
         self.params = params
+
+    def _wrap(self):
+        """The module the training step calls: DistributedDataParallel under torchrun (built
+        after RRT froze the encoder, so it only syncs trainable parameters), then torch.compile."""
+        cfg = self.cfg
+        fwd = self.model
+        if self.env.active:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            fwd = DDP(fwd, device_ids=[self.device.index] if self.cuda else None)
+        if cfg.compile:
+            if cfg.ssir:
+                # SSIR's step 1 backpropagates through the clean graph with retain_graph=True,
+                # which compiled backwards with donated buffers refuse.
+                import torch._functorch.config as fconfig
+                fconfig.donated_buffer = False
+            fwd = torch.compile(fwd)
+        self.forward_model = fwd
 
     # ---- one epoch -------------------------------------------------------------------------
     def _autocast(self):
@@ -338,8 +355,9 @@ class Trainer:
                         loss = loss + ranksim(feats.float(), y, cfg.ranksim_gamma, cfg.ranksim_lam)
                 model.end_step()
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                D.all_reduce_grads(self.params, self.env.world)
+                loss.backward()          # DDP averages the gradients over the ranks here
+                if self.loss_module is not None:
+                    D.all_reduce_grads(list(self.loss_module.parameters()), self.env.world)
                 self.opt.step()
                 if cfg.fds and not rrt and feats is not None:
                     model.fds.update(feats.detach().float(), y)
