@@ -39,23 +39,23 @@ def main(argv=None):
     methods = METHODS if a.methods is None else {m: METHODS[m] for m in a.methods.split(",")}
     os.makedirs(a.out, exist_ok=True)
     runs = []
-    for name, flags in methods.items():
-        for seed in range(a.seeds):
-            tag = name.lower().replace(" + ", "+").replace(" ", "") + f"-s{seed}"
-            out = os.path.join(a.out, tag)
-            summary = os.path.join(out, "test_metrics.json")
-            if not os.path.isfile(summary):
-                cmd = [sys.executable, "-m", "ssir_fast.cli", "train", *flags, "--seed", str(seed),
-                       "--out", out, "--no-progress", *a.extra]
-                print("$", " ".join(cmd[1:]), flush=True)
-                t0 = time.perf_counter()
-                subprocess.run(cmd, check=True)
-                print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
-            with open(summary) as f:
-                res = json.load(f)
-            runs.append({"method": name, "seed": seed,
-                         **{f"{g}_mae": res[g]["mae"] for g in GROUPS},
-                         "all_gm": res["all"]["gm"]})
+    # seed-major order: an interrupted table has every method at the first seeds
+    for seed, (name, flags) in ((s, m) for s in range(a.seeds) for m in methods.items()):
+        tag = name.lower().replace(" + ", "+").replace(" ", "") + f"-s{seed}"
+        out = os.path.join(a.out, tag)
+        summary = os.path.join(out, "test_metrics.json")
+        if not os.path.isfile(summary):
+            cmd = [sys.executable, "-m", "ssir_fast.cli", "train", *flags, "--seed", str(seed),
+                   "--out", out, "--no-progress", *a.extra]
+            print("$", " ".join(cmd[1:]), flush=True)
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
+        with open(summary) as f:
+            res = json.load(f)
+        runs.append({"method": name, "seed": seed,
+                     **{f"{g}_mae": res[g]["mae"] for g in GROUPS},
+                     "all_gm": res["all"]["gm"]})
     rows = []
     for name in methods:
         mine = [r for r in runs if r["method"] == name]
