@@ -256,7 +256,8 @@ void launch(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& 
             const Params& P, at::Tensor& out) {
   const int64_t n = pred.numel();
   if (n == 0) return;
-  TORCH_CHECK(P.num_bins < (int64_t(1) << 30), "bin_reduce (CUDA): num_bins must be < 2^30, got ",
+  // Table offsets b * kCols are int in the kernel.
+  TORCH_CHECK(P.num_bins < (int64_t(1) << 27), "bin_reduce (CUDA): num_bins must be < 2^27, got ",
               P.num_bins);
   const DevParams dp{P.y_min, P.bin_width, P.floor, static_cast<int>(P.num_bins)};
   const T* pp = pred.const_data_ptr<T>();
