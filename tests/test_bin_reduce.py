@@ -237,3 +237,22 @@ def test_cuda_opcheck():
     p, y = _data(3000, torch.float32, shape=(3, 1000))
     torch.library.opcheck(torch.ops.ssir_fast.bin_reduce.default,
                           (p.cuda(), y.cuda(), 0.0, 1.0, 14, None, 1e-8, False))
+
+
+def test_device_mismatch_names_the_arguments():
+    p, y = _data(10, torch.float32)
+    with pytest.raises(ValueError, match="pred and target must be on the same device"):
+        bin_reduce(p, y.to("meta"), 0.0, 1.0, 3)
+    with pytest.raises(ValueError, match="mask must be on pred's device"):
+        bin_reduce(p, y, 0.0, 1.0, 3, mask=torch.ones(10, dtype=torch.bool, device="meta"))
+
+
+@needs_ext
+def test_torch_compile_fullgraph():
+    p, y = _data(5000, torch.float32)
+
+    def f(p, y):
+        return bin_reduce(p * 1.0, y, 0.0, 1.0, 14)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(p, y), bin_reduce(p, y, 0.0, 1.0, 14))
