@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ssir_fast.cli import main
-from ssir_fast.train import ConfigError, make_config, train
+from ssir_fast.train import ConfigError, make_config
 from ssir_fast.train.config import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,6 +201,10 @@ def test_rrt_second_stage_from_checkpoint(tmp_path):
     assert torch.equal(a["encoder.net.0.weight"], b["encoder.net.0.weight"])  # frozen encoder
     assert not torch.equal(a["head.weight"], b["head.weight"])                # re-trained head
     assert np.isfinite(test_metrics(out)["all"]["mae"])
+    ev = str(tmp_path / "ev")
+    assert main(["eval", "--checkpoint", os.path.join(out, "best.pt"), "--split", "train",
+                 "--out", ev]) == 0
+    assert test_metrics(ev, "train")["all"]["count"] == 1250
 
 
 @pytest.mark.parametrize("args, message", [

@@ -179,13 +179,15 @@ PRESETS = {
     "nyud2": dict(model="depthnet", epochs=20, batch_size=32, lr=1e-4, weight_decay=1e-4,
                   schedule="step", step_size=5, loss="mse", lam=1.0, epsilon=5e-4,
                   fds_clip=[0.2, 5.0]),
-    "two_gaussians": dict(standardize_target=True, model="mlp", width=128, epochs=200, batch_size=256, lr=1e-3,
+    "two_gaussians": dict(standardize_target=True, model="mlp", width=128, epochs=200,
+                          batch_size=256, lr=1e-3,
                           weight_decay=5e-5, schedule="none", loss="mse"),
-    "tabular": dict(standardize_target=True, model="mlp", width=128, epochs=100, batch_size=256, lr=1e-3,
+    "tabular": dict(standardize_target=True, model="mlp", width=128, epochs=100, batch_size=256,
+                    lr=1e-3,
                     weight_decay=0.0, schedule="none", loss="l1"),
 }
-FALLBACK = dict(augment=True, standardize_target=False, lam=0.1, epsilon=1e-3, fds_clip=[0.1, 10.0], schedule="none",
-                weight_decay=0.0)
+FALLBACK = dict(augment=True, standardize_target=False, lam=0.1, epsilon=1e-3,
+                fds_clip=[0.1, 10.0], schedule="none", weight_decay=0.0)
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 

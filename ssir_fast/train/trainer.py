@@ -21,7 +21,6 @@ uninterrupted one.
 import copy
 import csv
 import json
-import math
 import os
 import random
 import time
@@ -629,6 +628,13 @@ def evaluate_checkpoint(path, split="test", data_root=None, out=None, device="au
     t = Trainer(cfg, log)
     try:
         t._setup()
+        if split == "train":   # un-shuffled, un-augmented pass over the training split
+            from ..data import make_loader
+            t.loaders["train"] = make_loader(t.ds, "train", cfg.batch_size // t.env.world,
+                                             backend="torch" if t.train_loader.backend == "torch"
+                                             else "auto", device=t.device,
+                                             shard=(t.env.rank, t.env.world), shuffle=False,
+                                             augment=False, num_workers=0)
         if split not in t.loaders:
             raise ConfigError(f"split {split!r} is not in the data set (have {sorted(t.loaders)})")
         t.model.load_state_dict(ck["model"])
