@@ -173,3 +173,40 @@ def dir_shot_metrics_numpy(preds, labels, train_labels, y_min=0.0, bin_width=1.0
 
 
 __all__ += ["bin_reduce_reference", "dir_shot_metrics_numpy"]
+
+
+def bin_feature_stats_reference(features, bin_index, num_bins, unbiased=True):
+    """Float64 per-bin loop: (count [B], mean [B, C], var [B, C]); indices outside [0, B) ignored,
+    var 0 for bins with <= 1 sample (unbiased) or empty bins."""
+    f = features.detach().double().cpu()
+    idx = bin_index.cpu()
+    count = torch.zeros(num_bins, dtype=torch.long)
+    mean = torch.zeros(num_bins, f.shape[1], dtype=torch.float64)
+    var = torch.zeros(num_bins, f.shape[1], dtype=torch.float64)
+    for b in range(num_bins):
+        rows = f[idx == b]
+        count[b] = rows.shape[0]
+        if rows.shape[0]:
+            mean[b] = rows.mean(0)
+        if rows.shape[0] > (1 if unbiased else 0):
+            var[b] = rows.var(0, unbiased=unbiased)
+    return count, mean, var
+
+
+def fds_calibrate_reference(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo, hi):
+    """Float64, one sample at a time: z' = (z - mu_b) sqrt(clamp(var~_b / var_b, lo, hi)) + mu~_b
+    (0/0 -> ratio 1, x/0 -> hi; samples with b outside [0, B) unchanged)."""
+    f = features.detach().double().cpu()
+    out = f.clone()
+    m, v, sm, sv = (t.detach().double().cpu() for t in (mean, var, smoothed_mean, smoothed_var))
+    for n in range(f.shape[0]):
+        b = int(bin_index[n])
+        if 0 <= b < m.shape[0]:
+            ratio = torch.where(v[b] > 0, sv[b] / torch.where(v[b] > 0, v[b], torch.ones_like(v[b])),
+                                torch.where(sv[b] > 0, torch.full_like(v[b], float("inf")),
+                                            torch.ones_like(v[b])))
+            out[n] = (f[n] - m[b]) * torch.sqrt(torch.clamp(ratio, lo, hi)) + sm[b]
+    return out
+
+
+__all__ += ["bin_feature_stats_reference", "fds_calibrate_reference"]

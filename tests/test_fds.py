@@ -51,6 +51,18 @@ def test_bin_feature_stats_vs_loop(device, dtype, tol, N, C, B):
     torch.testing.assert_close(em.cpu().double(), rm, rtol=tol, atol=tol * 50)
 
 
+def test_reference_module_agrees():
+    from ssir_fast.reference import bin_feature_stats_reference, fds_calibrate_reference
+    f = torch.randn(50, 6, dtype=torch.float64)
+    idx = torch.randint(-1, 5, (50,))
+    for a, b in zip(bin_feature_stats_reference(f, idx, 4), _loop_stats(f, idx, 4)):
+        torch.testing.assert_close(a, b)
+    mean, var, smean, svar = _stats(4, 6)
+    var[0, 0], svar[0, 0], var[1, 1], svar[1, 1] = 0.0, 0.0, 0.0, 1.0
+    torch.testing.assert_close(fds_calibrate(f, idx, mean, var, smean, svar, 0.1, 10.0),
+                               fds_calibrate_reference(f, idx, mean, var, smean, svar, 0.1, 10.0))
+
+
 def test_bin_feature_stats_hand_values():
     f = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, -2.0], [7.0, 0.0]])
     idx = torch.tensor([0, 0, 2, -1])
