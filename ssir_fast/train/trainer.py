@@ -316,7 +316,10 @@ class Trainer:
         loader = self.train_loader
         loader.set_epoch(epoch)
         capture = (cfg.fds or cfg.ranksim) and not rrt
-        sums = {"loss": 0.0, "supervised": 0.0, "consistency": 0.0, "similarity": 0.0}
+        # loss, supervised, consistency, similarity summed on the device: no host sync per step
+        acc = torch.zeros(4, dtype=torch.float64, device=self.device)
+        zero = torch.zeros((), device=self.device)
+        every = max(1, len(loader) // 50)
         n_batches, n_samples = 0, 0
         bar = None
         if cfg.progress and self.env.main:
@@ -362,18 +365,18 @@ class Trainer:
                     model.fds.update(feats.detach().float(), y)
                 n_batches += 1
                 n_samples += x.shape[0]
-                sums["loss"] += float(loss.detach())
-                sums["supervised"] += float(sup.detach())
-                if cons is not None:
-                    sums["consistency"] += float(cons.detach())
-                    sums["similarity"] += float(sim)
+                acc += torch.stack([loss.detach(), sup.detach(),
+                                    zero if cons is None else cons.detach(),
+                                    zero if sim is None else sim.detach()]).double()
                 if bar is not None:
-                    rate = n_samples * self.env.world / max(time.perf_counter() - t0, 1e-9)
-                    post = {"loss": f"{sums['loss'] / n_batches:.3f}"}
-                    if cons is not None:
-                        post["sim"] = f"{sums['similarity'] / n_batches:.3f}"
-                    post["img/s"] = f"{rate:.0f}"
-                    bar.set_postfix(post, refresh=False)
+                    if n_batches % every == 0 or n_batches == len(loader):
+                        mean = (acc / n_batches).tolist()
+                        rate = n_samples * self.env.world / max(time.perf_counter() - t0, 1e-9)
+                        post = {"loss": f"{mean[0]:.3f}"}
+                        if cons is not None:
+                            post["sim"] = f"{mean[3]:.3f}"
+                        post["img/s"] = f"{rate:.0f}"
+                        bar.set_postfix(post, refresh=False)
                     bar.update(1)
         finally:
             if rrt:
@@ -383,10 +386,11 @@ class Trainer:
         if self.cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        stats = torch.tensor([sums["loss"], sums["supervised"], sums["consistency"],
-                              sums["similarity"], n_batches], dtype=torch.float64)
+        stats = torch.cat([acc, torch.tensor([float(n_batches)], dtype=torch.float64,
+                                             device=self.device)])
         if self.env.active:
             torch.distributed.all_reduce(stats)
+        stats = stats.cpu()
         nb = max(stats[4].item(), 1)
         rec = {"train_loss": stats[0].item() / nb, "train_supervised": stats[1].item() / nb,
                "images_per_s": n_samples * self.env.world / dt, "epoch_time_s": dt}
