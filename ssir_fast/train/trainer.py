@@ -24,6 +24,7 @@ import json
 import os
 import random
 import time
+import warnings
 from functools import partial
 
 import numpy as np
@@ -518,7 +519,9 @@ class Trainer:
             self.sched.step()
             select = "val" if "val" in self.loaders else None
             if select:
-                vm = self.evaluate("val").compute()
+                with warnings.catch_warnings():   # an empty shot group: said once, at test
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    vm = self.evaluate("val").compute()
                 score = vm["all"]["rmse" if self.depth else "mae"]
                 rec.update({f"val_{k}": v for k, v in _group_summary(vm).items()})
             else:
