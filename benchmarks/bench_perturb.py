@@ -5,30 +5,16 @@
 Minimum traffic of the op is 4 tensor passes (g twice, x once, out once); GB/s below counts those
 bytes, and the copy probe counts read + write of one copy of the same size, both in this run.
 """
-import time
 
 import pytest
 import torch
 
-from conftest import copy_bandwidth, device_name, record, sync
+from conftest import copy_bandwidth, device_name, median_time, record, sync
 from ssir_fast.ops import perturb
 from ssir_fast.ops.perturb import perturb_torch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SHAPES = {"image_256x3x224x224": (256, 3, 224, 224), "features_4096x128": (4096, 128)}
-
-
-def median_time(fn, device, repeats=7, warmup=2):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def _compiled():

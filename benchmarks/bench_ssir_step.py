@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import device_name, record, sync
+from conftest import device_name, median_time, record, sync
 from ssir_fast import SSIRLoss
 from ssir_fast.losses import weighted_l1
 from ssir_fast.reference import naive_ssir_loss
@@ -48,19 +48,6 @@ def setup_case(device):
         amp = torch.autocast("cpu", enabled=False)
     y = torch.rand(x.shape[0], device=device) * 100
     return model.train(), x, y, amp
-
-
-def median_time(fn, device, repeats=5, warmup=2):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
 
 
 def pass_times(model, x, y, amp, device):

@@ -14,6 +14,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def median_time(fn, device="cpu", repeats=5, warmup=2):
+    """Median seconds of fn() over `repeats` calls, after `warmup` calls, synchronised."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def copy_bandwidth(nbytes, device="cpu", repeats=5):
     """GB/s of dst.copy_(src) for a buffer of `nbytes`: bytes read + bytes written per second."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
