@@ -41,8 +41,10 @@ def build_parser():
     m.add_argument("--t1", type=int, default=None, help="self-supervised epochs")
     m.add_argument("--t2", type=int, default=None, help="supervised epochs")
     m.add_argument("--out", default="runs/motivation")
-    m.add_argument("--lr-ssl", type=float, default=1e-2, help="self-supervised phase lr")
-    m.add_argument("--lr-sup", type=float, default=1e-3, help="supervised phase lr")
+    m.add_argument("--lr-rep", type=float, default=1e-3,
+                   help="learning rate of the representation-learning method (both phases)")
+    m.add_argument("--lr-sup", type=float, default=1e-2,
+                   help="learning rate of the supervised-only method")
     m.add_argument("--epsilon", type=float, default=1.0, help="perturbation radius (||x|| ~ 100)")
     v = sub.add_parser("perturbations", help="plot inputs next to their SSIR perturbations "
                                              "(paper Figure 4)")
@@ -178,7 +180,7 @@ def main(argv=None):
             from .train.motivation import run_motivation
             ratios = None if args.ratios is None else [float(r) for r in args.ratios.split(",")]
             run_motivation(args.out, args.quick, ratios, args.seeds, args.t1, args.t2,
-                           lr_ssl=args.lr_ssl, lr_sup=args.lr_sup, epsilon=args.epsilon)
+                           lr_rep=args.lr_rep, lr_sup=args.lr_sup, epsilon=args.epsilon)
             return 0
         if args.command == "perturbations":
             _perturbations(args)
