@@ -25,8 +25,9 @@ Semantics, fixing the official code's defects (SPEC 4):
 - Empty bins are filled from their nearest non-empty neighbours (linear interpolation between
   them, the nearest one at the edges) before smoothing, instead of smoothing zeros in.
 - Active only when `self.training` and epoch >= start_smooth (and after one end_epoch).
-- All state is in buffers (state_dict / checkpoints); epoch statistics are summed over DDP
-  ranks with all_reduce when torch.distributed is initialised.
+- All state is in buffers (state_dict / checkpoints); at `end_epoch` the epoch statistics are
+  merged over DDP ranks (count-weighted, `_all_reduce`) when torch.distributed is initialised,
+  so every rank ends with the statistics of the whole data set.
 """
 import numpy as np
 import torch
@@ -160,19 +161,22 @@ class FDS(torch.nn.Module):
         self._count.copy_(n)
 
     def _all_reduce(self):
+        """Merge this epoch's (count, mean, M2) over DDP ranks, weighting by counts:
+        N = sum_r n_r, mu = sum_r n_r mu_r / N, M2 = sum_r [M2_r + n_r (mu_r - mu)^2]
+        (two all_reduces; the centred second pass avoids the cancellation of sum x^2 - N mu^2)."""
         import torch.distributed as dist
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
         n = self._count.double()[:, None]
-        s1 = self._mean * n
-        s2 = self._m2 + self._mean * self._mean * n
-        packed = torch.cat([n, s1, s2], dim=1)
+        packed = torch.cat([n, self._mean * n], dim=1)
         dist.all_reduce(packed)
-        n, s1, s2 = packed[:, :1], packed[:, 1:1 + self.feature_dim], packed[:, 1 + self.feature_dim:]
-        safe = n.clamp(min=1)
-        self._count.copy_(n[:, 0].round().long())
-        self._mean.copy_(s1 / safe)
-        self._m2.copy_((s2 - s1 * s1 / safe).clamp(min=0))
+        total, s1 = packed[:, :1], packed[:, 1:]
+        mu = s1 / total.clamp(min=1)
+        m2 = self._m2 + n * (self._mean - mu) ** 2
+        dist.all_reduce(m2)
+        self._count.copy_(total[:, 0].round().long())
+        self._mean.copy_(mu)
+        self._m2.copy_(m2)
 
     @torch.no_grad()
     def end_epoch(self, epoch):
