@@ -256,3 +256,18 @@ def test_torch_compile_fullgraph():
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(p, y), bin_reduce(p, y, 0.0, 1.0, 14))
+
+
+@pytest.mark.parametrize("y_min,width,num_bins", [(0.7, 0.1, 93), (0.0, 1.0, 121), (-3.0, 0.3, 50),
+                                                  (0.0, 0.25, 40)])
+def test_bins_match_labelbins_at_the_edges(y_min, width, num_bins):
+    """Targets on and next to every bin edge (fp32 and fp64) land where LabelBins puts them."""
+    from ssir_fast.imbalance import LabelBins
+    edges = torch.tensor(LabelBins(y_min, width, num_bins).edges())
+    for dtype in (torch.float32, torch.float64):
+        e = edges.to(dtype)
+        y = torch.cat([e, torch.nextafter(e, e + 1), torch.nextafter(e, e - 1)])
+        counts = bin_reduce(y + 0.5, y, y_min, width, num_bins)[:, COUNT]
+        expected = np.bincount(LabelBins(y_min, width, num_bins).index(y.double().numpy()),
+                               minlength=num_bins)
+        np.testing.assert_array_equal(counts.numpy(), expected)

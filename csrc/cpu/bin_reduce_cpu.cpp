@@ -53,9 +53,17 @@ inline bool finite(acc_t v) {
   return std::isfinite(v);
 }
 
-// Bin of a finite target; sets `oor` when it was clamped into an edge bin.
-inline int64_t bin_of(double y, const Params& P, bool& oor) {
-  const double t = std::floor((y - P.y_min) / P.bin_width);
+// Bin of a finite target, exactly floor((y - y_min) / bin_width) clamped (LabelBins.index); sets
+// `oor` when it was clamped into an edge bin. The fp64 division is the costliest instruction of the
+// loop, so the quotient is formed with the reciprocal: exact when bin_width is a power of two (1 for
+// ages), otherwise within 2 ulp, which can change the floor only next to an integer; there the
+// division is done after all.
+inline int64_t bin_of(double y, const Params& P, double inv_width, bool exact_inv, bool& oor) {
+  const double d = y - P.y_min;
+  const double q = d * inv_width;
+  double t = std::floor(q);
+  const double tol = 1e-9 * (1.0 + std::abs(q));
+  if (!exact_inv && (q - t < tol || t + 1.0 - q < tol)) t = std::floor(d / P.bin_width);
   oor = !(t >= 0 && t < static_cast<double>(P.num_bins));
   if (t < 0) return 0;
   if (t >= static_cast<double>(P.num_bins)) return P.num_bins - 1;
@@ -69,6 +77,9 @@ void reduce_range(const scalar_t* pred, const scalar_t* target, const bool* mask
   const acc_t fl = static_cast<acc_t>(P.floor);
   const acc_t inv_ln10 = static_cast<acc_t>(1.0 / std::log(10.0));
   const acc_t t1 = acc_t(1.25), t2 = acc_t(1.5625), t3 = acc_t(1.953125);  // 1.25^k, exact
+  const double inv_width = 1.0 / P.bin_width;
+  int exponent = 0;
+  const bool exact_inv = std::frexp(P.bin_width, &exponent) == 0.5;  // a power of two
   Run run;
   int64_t cur = -1;
   for (int64_t i = begin; i < end; ++i) {
@@ -77,11 +88,11 @@ void reduce_range(const scalar_t* pred, const scalar_t* target, const bool* mask
     const acc_t y = static_cast<acc_t>(target[i]);
     bool oor = false;
     if (!finite(p) || !finite(y)) {
-      const int64_t b = finite(y) ? bin_of(static_cast<double>(y), P, oor) : 0;
+      const int64_t b = finite(y) ? bin_of(static_cast<double>(y), P, inv_width, exact_inv, oor) : 0;
       table[b * kCols + N_NONFINITE] += 1;
       continue;
     }
-    const int64_t b = bin_of(static_cast<double>(y), P, oor);
+    const int64_t b = bin_of(static_cast<double>(y), P, inv_width, exact_inv, oor);
     if (b != cur) {
       if (cur >= 0) run.flush(table + cur * kCols);
       cur = b;
@@ -90,17 +101,18 @@ void reduce_range(const scalar_t* pred, const scalar_t* target, const bool* mask
     const acc_t a = std::abs(e);
     const bool floored = a < fl;
     const acc_t pc = std::max(p, fl), yc = std::max(y, fl);
-    const acc_t q = pc / yc;
-    const acc_t r = std::max(q, acc_t(1) / q);
+    // One division per pair: max(p/y, y/p) < t  <=>  p < t * y and y < t * p (p, y > 0).
+    const acc_t iy = acc_t(1) / yc;
+    const acc_t q = pc * iy;
     run.n += 1;
     run.s_abs += static_cast<double>(a);
     run.s_sq += static_cast<double>(e) * static_cast<double>(e);
     run.s_log += static_cast<double>(std::log(floored ? fl : a));
     run.n_floor += floored;
-    run.d1 += r < t1;
-    run.d2 += r < t2;
-    run.d3 += r < t3;
-    run.s_rel += static_cast<double>(a / yc);
+    run.d1 += (pc < t1 * yc) & (yc < t1 * pc);
+    run.d2 += (pc < t2 * yc) & (yc < t2 * pc);
+    run.d3 += (pc < t3 * yc) & (yc < t3 * pc);
+    run.s_rel += static_cast<double>(a * iy);
     run.s_l10 += static_cast<double>(std::abs(std::log(q)) * inv_ln10);
     run.n_oor += oor;
   }
