@@ -410,8 +410,9 @@ class Trainer:
         model = model or self.model
         was = model.training
         model.eval()
+        # the table lives on the model's device: NCCL reduces CUDA tensors only
         m = BinnedMetrics(bins=self.bins, train_counts=self.train_counts, depth=self.depth,
-                          device="cpu")
+                          device=self.device)
         loader = self.loaders[split]
         loader.set_epoch(0)
         for x, y, w in loader:
