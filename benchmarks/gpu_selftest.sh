@@ -38,11 +38,16 @@ timeout 240 python3 -m pytest -q -x tests/test_perturb.py tests/test_ssir_loss.p
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 log "GPU benchmarks"
-for b in bench_perturb.py bench_ssir_step.py bench_metrics.py bench_toolkit.py; do
+for b in bench_perturb.py bench_ssir_step.py bench_metrics.py bench_toolkit.py bench_train.py; do
   [ -f "benchmarks/$b" ] || continue
   timeout 150 python3 -m pytest -q "benchmarks/$b" --benchmark-only -k cuda -p no:cacheprovider \
     --benchmark-json="$OUT/${b%.py}.json" 2>&1 | tail -5 | tee -a "$OUT/selftest.log"
 done
+
+log "training CLI on the GPU (bf16 autocast, channels_last, SQINV + SSIR + FDS, 2 epochs)"
+timeout 300 python3 -m ssir_fast.cli train --reweight sqrt_inv --ssir --fds --epochs 2 \
+  --milestones 1 --no-progress --out "$OUT/train_smoke" 2>&1 | tail -12 | tee -a "$OUT/selftest.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 log "summary"
 python3 - "$SSIR_BENCH_RESULTS" > "$OUT/summary.md" <<'EOF'
