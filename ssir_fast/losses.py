@@ -251,8 +251,10 @@ class BalancedMSELoss(torch.nn.Module):
 # ---- RankSim -----------------------------------------------------------------------------------
 
 def _rank_normalised(seq):
-    """(rank + 1) / n along dim 1, rank 0 for the largest value."""
-    order = torch.argsort(seq, dim=1, descending=True, stable=True)
+    """(rank + 1) / n along dim 1, rank 0 for the largest value. Ties as in the RankSim code
+    (argsort(argsort(seq).flip(1)) with PyTorch's stable CPU sort): the later index ranks first,
+    made deterministic on every device with a stable sort."""
+    order = torch.argsort(seq, dim=1, stable=True).flip(1)
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(seq.shape[1], device=seq.device).expand_as(order))
     return (ranks + 1).to(seq.dtype) / seq.shape[1]
@@ -260,7 +262,9 @@ def _rank_normalised(seq):
 
 class _BlackboxRank(torch.autograd.Function):
     """Row-wise normalised ranks; backward by blackbox differentiation (Vlastelica et al. 2020):
-    grad = -(rank(s) - rank(s + lam * grad_out)) / lam."""
+    grad = -(rank(s) - rank(s + lam * grad_out)) / lam. The sign is the paper's: rank decreases
+    as s grows, so a positive grad_out on an element yields a negative gradient (descent raises
+    that element's similarity and lowers its rank); tests/test_losses.py checks it by hand."""
 
     @staticmethod
     def forward(ctx, seq, lam):

@@ -109,32 +109,105 @@ def test_bmc_rejects_huge_dense_and_bad_args():
         BalancedMSELoss("xyz")
 
 
-def _ranksim_reference(feat, y, gamma, lam):
-    """Per-row loop as in the RankSim paper (no duplicate labels here)."""
-    z = torch.nn.functional.normalize(feat, dim=1)
-    s = (z @ z.t()).detach()
-    n = len(y)
-    tot = 0.0
-    for i in range(n):
-        def rank(v):
-            order = np.argsort(-v, kind="stable")
-            r = np.empty(n)
-            r[order] = np.arange(n)
-            return (r + 1) / n
-        tot += np.mean((rank(s[i].numpy()) - rank(-np.abs(y[i] - y))) ** 2)
-    return gamma * tot
+# ---- RankSim: a literal float64 transcription of Gong et al. 2022 (batchwise_ranking_regularizer)
+
+def _ref_rank_normalised(row):
+    """rank(seq) = argsort(argsort(seq) flipped): 0 for the largest value (ties: the later index
+    first, as the paper's code on CPU, whose sort is stable); normalised (rank + 1) / n."""
+    a = np.asarray(row, dtype=np.float64)
+    order = np.argsort(a, kind="stable")[::-1]
+    return (np.argsort(order, kind="stable") + 1.0) / a.size
 
 
-def test_ranksim_value_and_gradient():
-    torch.manual_seed(0)
-    f = torch.randn(12, 6, dtype=torch.float64, requires_grad=True)
-    y = torch.arange(12, dtype=torch.float64) * 1.5
-    val = ranksim(f, y)
-    assert float(val.detach()) == pytest.approx(_ranksim_reference(f.detach(), y.numpy(), 100.0, 2.0), rel=1e-12)
-    val.backward()
-    assert f.grad is not None and float(f.grad.abs().sum()) > 0
-    # duplicate labels: one representative per label, reproducible with a generator
-    y2 = torch.tensor([0.0, 0.0, 1.0, 2.0, 2.0, 3.0] * 2, dtype=torch.float64)
-    a = ranksim(f, y2, generator=torch.Generator().manual_seed(1))
-    b = ranksim(f, y2, generator=torch.Generator().manual_seed(1))
+class _RefTrueRanker(torch.autograd.Function):
+    """Blackbox combinatorial-solver differentiation of the ranking (Vlastelica et al. 2020):
+    forward r = rank(s); backward with incoming g: grad_s = -(rank(s) - rank(s + lam g)) / lam
+    (the paper adds 1e-8 to lam)."""
+
+    @staticmethod
+    def forward(ctx, seq, lam):
+        ctx.lam = lam
+        ctx.save_for_backward(seq)
+        return torch.from_numpy(_ref_rank_normalised(seq.numpy()))
+
+    @staticmethod
+    def backward(ctx, g):
+        (seq,) = ctx.saved_tensors
+        r = _ref_rank_normalised(seq.numpy())
+        r_prime = _ref_rank_normalised((seq + ctx.lam * g).numpy())
+        return torch.from_numpy(-(r - r_prime) / (ctx.lam + 1e-8)), None
+
+
+def _ranksim_reference(feat, y, gamma=100.0, lam=2.0):
+    """gamma * sum_i MSE(rank(S_i), rank(-|y_i - y|)), S_ij = cos(x_i, x_j), one row at a time;
+    `y` holds distinct labels (the caller picks one sample per label). Float64, autograd through
+    the cosine similarities."""
+    x = feat.reshape(feat.shape[0], -1)
+    z = x / x.norm(dim=1, keepdim=True)
+    xxt = z @ z.t()
+    loss = torch.zeros((), dtype=torch.float64)
+    for i in range(len(y)):
+        label_ranks = torch.from_numpy(_ref_rank_normalised(-np.abs(y[i] - y)))
+        feature_ranks = _RefTrueRanker.apply(xxt[i], lam)
+        loss = loss + torch.mean((feature_ranks - label_ranks) ** 2)
+    return gamma * loss
+
+
+def _value_and_grad(fn, feat, *args, **kw):
+    f = feat.clone().requires_grad_(True)
+    v = fn(f, *args, **kw)
+    v.backward()
+    return float(v.detach()), f.grad
+
+
+def test_ranksim_blackbox_gradient_sign_by_hand():
+    """seq [0, 1], g = [1, 0] (the loss grows with element 0's rank): rank [1, 1/2], rank(seq + 2g)
+    = [1/2, 1], grad = -([1, 1/2] - [1/2, 1]) / 2 = [-1/4, 1/4]: descent raises element 0."""
+    from ssir_fast.losses import _BlackboxRank
+    s = torch.tensor([[0.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    r = _BlackboxRank.apply(s, 2.0)
+    assert r.tolist() == [[1.0, 0.5]]
+    r.backward(torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(s.grad, torch.tensor([[-0.25, 0.25]], dtype=torch.float64),
+                               rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("labels", ["continuous", "integer_ties"])
+@pytest.mark.parametrize("lam", [2.0, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ranksim_value_and_gradient_vs_paper(labels, lam, dtype):
+    g = torch.Generator().manual_seed(3)
+    n = 24
+    if labels == "continuous":   # no ties anywhere
+        y = torch.rand(n, generator=g, dtype=torch.float64) * 50
+    else:                        # distinct integer ages: many ties |y_i - y_j| = |y_i - y_k|
+        y = torch.randperm(40, generator=g)[:n].double()
+    feat = torch.randn(n, 3, 4, generator=g, dtype=torch.float64)  # flattened like the paper
+    v_ref, g_ref = _value_and_grad(_ranksim_reference, feat, y.numpy(), 100.0, lam)
+    v, grad = _value_and_grad(ranksim, feat.to(dtype), y.to(dtype), gamma=100.0, lam=lam)
+    assert v == pytest.approx(v_ref, rel=1e-6 if dtype == torch.float32 else 1e-12)
+    assert float(g_ref.abs().sum()) > 0
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad.double(), g_ref, **tol)
+
+
+def test_ranksim_duplicate_labels_one_representative_each():
+    """With duplicate labels the regulariser runs on one random sample per label. Duplicates are
+    given identical features here, so the value is the reference on the unique labels whatever
+    the pick, and each label's gradient (summed over its copies) is the reference gradient."""
+    g = torch.Generator().manual_seed(5)
+    uniq = torch.tensor([3.0, 7.0, 8.0, 12.0, 20.0, 21.0, 33.0], dtype=torch.float64)
+    base = torch.randn(uniq.numel(), 6, generator=g, dtype=torch.float64)
+    copies = torch.tensor([0, 1, 1, 2, 3, 3, 3, 4, 5, 6, 6, 0])
+    feat, y = base[copies], uniq[copies]
+    v_ref, g_ref = _value_and_grad(_ranksim_reference, base, uniq.numpy())
+    for seed in range(4):
+        v, grad = _value_and_grad(ranksim, feat, y, generator=torch.Generator().manual_seed(seed))
+        assert v == pytest.approx(v_ref, rel=1e-12)
+        summed = torch.zeros_like(base).index_add_(0, copies, grad)
+        torch.testing.assert_close(summed, g_ref, rtol=1e-10, atol=1e-12)
+        # only one copy per label receives a gradient
+        assert int((grad.abs().sum(1) > 0).sum()) <= uniq.numel()
+    a = ranksim(feat, y, generator=torch.Generator().manual_seed(1))
+    b = ranksim(feat, y, generator=torch.Generator().manual_seed(1))
     assert float(a.detach()) == float(b.detach())
