@@ -6,7 +6,8 @@
 //   e      = p - y,  a = |e|
 //   log_a  = log(max(a, floor))                       (GM; a < floor is counted in N_FLOORED)
 //   pc, yc = max(p, floor), max(y, floor)             (ratio metrics assume positive depths)
-//   q      = pc / yc,  r = max(q, 1/q)                (delta_k: r < 1.25^k)
+//   q      = pc / yc,  r = max(q, 1/q)                (delta_k: r < 1.25^k, evaluated as
+//                                                      pc < 1.25^k yc and yc < 1.25^k pc)
 //   absrel = a / yc,   log10 = |log10(q)|
 // Pairs with a non-finite p or y are excluded from every column but N_NONFINITE, which counts them
 // in the target's bin (bin 0 when the target itself is not finite).

@@ -193,18 +193,20 @@ bin_reduce_kernel(const T* __restrict__ pred, const T* __restrict__ target,
       const acc_t a = fabs(e);
       const bool floored = a < fl;
       const acc_t pc = fmax(p, fl), yc = fmax(y, fl);
-      const acc_t q = pc / yc;
-      const acc_t r = fmax(q, acc_t(1) / q);
+      // max(p/y, y/p) < t  <=>  p < t * y and y < t * p: the same products as the CPU kernel, so
+      // both count ratios that sit exactly on 1.25^k (common in fp16/bf16) the same way.
+      const acc_t iy = acc_t(1) / yc;
+      const acc_t q = pc * iy;
       run.s[0] += a;
       run.s[1] += e * e;
       run.s[2] += log_(floored ? fl : a);
-      run.s[3] += a / yc;
+      run.s[3] += a * iy;
       run.s[4] += fabs(log_(q)) * inv_ln10;
       run.c[0] += 1u;
       run.c[1] += floored;
-      run.c[2] += r < acc_t(1.25);
-      run.c[3] += r < acc_t(1.5625);
-      run.c[4] += r < acc_t(1.953125);
+      run.c[2] += (pc < acc_t(1.25) * yc) & (yc < acc_t(1.25) * pc);
+      run.c[3] += (pc < acc_t(1.5625) * yc) & (yc < acc_t(1.5625) * pc);
+      run.c[4] += (pc < acc_t(1.953125) * yc) & (yc < acc_t(1.953125) * pc);
       run.c[5] += oor;
     }
 
