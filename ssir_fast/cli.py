@@ -178,7 +178,8 @@ def main(argv=None):
             return 0
         if args.command == "motivation":
             from .train.motivation import run_motivation
-            ratios = None if args.ratios is None else [float(r) for r in args.ratios.split(",")]
+            ratios = None if args.ratios is None else [
+                int(float(r)) if float(r).is_integer() else float(r) for r in args.ratios.split(",")]
             run_motivation(args.out, args.quick, ratios, args.seeds, args.t1, args.t2,
                            lr_rep=args.lr_rep, lr_sup=args.lr_sup, epsilon=args.epsilon)
             return 0
