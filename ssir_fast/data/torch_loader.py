@@ -103,7 +103,10 @@ class TorchImageLoader(ImageLoaderBase):
                    for s in range(0, len(order), self.batch_size)]
         kwargs = {}
         if self.num_workers > 0:
-            kwargs = {"prefetch_factor": self.prefetch, "persistent_workers": False}
+            # forkserver, not fork: forking a process whose other threads (OpenMP, gloo, DALI,
+            # tqdm) hold locks can deadlock the worker.
+            kwargs = {"prefetch_factor": self.prefetch, "persistent_workers": False,
+                      "multiprocessing_context": "forkserver"}
         dl = torch.utils.data.DataLoader(_Samples(self), batch_sampler=batches,
                                          num_workers=self.num_workers, collate_fn=_collate,
                                          pin_memory=self.device.type == "cuda", **kwargs)
