@@ -12,13 +12,12 @@ the copy probe counts read + write of one copy. `run_gpu_selftest()` is the same
 the GPU for the GPU self-test script (op vs torch.bincount and vs copy bandwidth).
 """
 import os
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import copy_bandwidth, device_name, record, sync
+from conftest import copy_bandwidth, device_name, median_time, record
 from ssir_fast.imbalance import LabelBins
 from ssir_fast.metrics import BinnedMetrics
 from ssir_fast.ops.bin_reduce import bin_reduce_torch
@@ -27,20 +26,6 @@ from ssir_fast.reference import dir_shot_metrics_numpy
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DEPTH_PIXELS = int(float(os.environ.get("SSIR_BENCH_DEPTH_PIXELS", 2e8)))
 H, W = 480, 640
-
-
-def timed(fn, device, repeats=3, warmup=1):
-    """Median seconds of fn() over `repeats` calls (after `warmup`)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def make_case(name, device):
@@ -93,11 +78,11 @@ def test_metrics_speed(benchmark, device, case):
     for g in ("all", "many", "medium", "few"):
         assert a[g]["mae"] == pytest.approx(b[g]["mae"], rel=1e-5), g
 
-    t_ours = timed(ours, device)
-    t_bincount = timed(bincount, device, repeats=1)
+    t_ours = median_time(ours, device)
+    t_bincount = median_time(bincount, device, repeats=1)
     t_numpy = None
     if device == "cpu":  # the numpy loop is host code: timed once, it is by far the slowest
-        t_numpy = timed(numpy_loop, device, repeats=1, warmup=0)
+        t_numpy = median_time(numpy_loop, device, repeats=1, warmup=0)
     nbytes = 2 * n * pred.element_size()
     copy = copy_bandwidth(256 * 2 ** 20 if device == "cpu" else 2 ** 30, device)
     gbps = nbytes / t_ours / 1e9
@@ -129,9 +114,9 @@ def run_gpu_selftest(pixels=2 * 10 ** 8):
     gpu_check = bin_reduce(pred[:2], y[:2], 0.7, 0.1, 93).cpu()
     np.testing.assert_allclose(gpu_check.numpy(), cpu_check.numpy(), rtol=1e-5, atol=1)
     op_only = lambda: bin_reduce(pred, y, 0.7, 0.1, 93, allow_nonfinite=True)  # noqa: E731
-    t_op = timed(op_only, device, repeats=5)
-    t_ours = timed(ours, device, repeats=5)
-    t_bincount = timed(bincount, device, repeats=3)
+    t_op = median_time(op_only, device, repeats=5)
+    t_ours = median_time(ours, device, repeats=5)
+    t_bincount = median_time(bincount, device, repeats=3)
     copy = copy_bandwidth(2 ** 30, device)
     nbytes = 2 * pred.numel() * pred.element_size()
     row = dict(case="depth_gpu_selftest", device=device, device_name=device_name(device),

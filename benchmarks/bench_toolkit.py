@@ -21,7 +21,7 @@ import torch
 from conftest import copy_bandwidth, device_name, record, sync
 from ssir_fast.ops import bin_feature_stats, fds_calibrate
 from ssir_fast.ops.bin_feature_stats import bin_feature_stats_torch
-from ssir_fast.ops.fds_calibrate import calibration_coefficients, fds_calibrate_torch
+from ssir_fast.ops.fds_calibrate import fds_calibrate_torch
 from ssir_fast.resample import smogn
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

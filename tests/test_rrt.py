@@ -1,7 +1,6 @@
 """RRT: only the last linear layer is re-initialised and trained; BatchNorm state is frozen."""
 import functools
 
-import numpy as np
 import pytest
 import torch
 
