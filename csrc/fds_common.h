@@ -37,6 +37,12 @@ inline at::ScalarType stats_dtype(const at::Tensor& f) {
   return f.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+inline void check_stats_args(const at::Tensor& f, const at::Tensor& idx, int64_t num_bins) {
+  check_features(f, "bin_feature_stats");
+  check_bin_index(idx, f, "bin_feature_stats");
+  TORCH_CHECK(num_bins >= 1, "bin_feature_stats: num_bins must be >= 1, got ", num_bins);
+}
+
 inline void check_stat(const at::Tensor& s, const char* name, const at::Tensor& f,
                        const at::Tensor& ref) {
   TORCH_CHECK(s.dim() == 2 && s.size(1) == f.size(1), "fds_calibrate: ", name,

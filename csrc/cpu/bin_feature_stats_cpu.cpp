@@ -77,9 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_feature_stats_cpu(const at::T
                                                                      const at::Tensor& bin_index,
                                                                      int64_t num_bins,
                                                                      bool unbiased) {
-  check_features(features, "bin_feature_stats");
-  check_bin_index(bin_index, features, "bin_feature_stats");
-  TORCH_CHECK(num_bins >= 1, "bin_feature_stats: num_bins must be >= 1, got ", num_bins);
+  check_stats_args(features, bin_index, num_bins);
   const int64_t N = features.size(0), C = features.size(1), B = num_bins;
   at::Tensor f = features.contiguous();
   at::Tensor idx = bin_index.contiguous();
