@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import copy_bandwidth, device_name, record, sync
+from conftest import best_time, copy_bandwidth, device_name, record
 from ssir_fast.ops import bin_feature_stats, fds_calibrate
 from ssir_fast.ops.bin_feature_stats import bin_feature_stats_torch
 from ssir_fast.ops.fds_calibrate import fds_calibrate_torch
@@ -27,19 +27,6 @@ from ssir_fast.resample import smogn
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SIZES = [256, 4096, 65536]
 C, B = 2048, 100
-
-
-def best_time(fn, device, repeats=3, warmup=1):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _inputs(n, device):

@@ -14,8 +14,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def median_time(fn, device="cpu", repeats=5, warmup=2):
-    """Median seconds of fn() over `repeats` calls, after `warmup` calls, synchronised."""
+def timings(fn, device="cpu", repeats=5, warmup=2):
+    """Seconds of each of `repeats` synchronised calls of fn(), after `warmup` calls."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -25,7 +25,17 @@ def median_time(fn, device="cpu", repeats=5, warmup=2):
         fn()
         sync(device)
         times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return times
+
+
+def median_time(fn, device="cpu", repeats=5, warmup=2):
+    times = sorted(timings(fn, device, repeats, warmup))
+    return times[len(times) // 2]
+
+
+def best_time(fn, device="cpu", repeats=3, warmup=1):
+    """Fastest call: the least disturbed by other jobs on a shared machine."""
+    return min(timings(fn, device, repeats, warmup))
 
 
 def copy_bandwidth(nbytes, device="cpu", repeats=5):

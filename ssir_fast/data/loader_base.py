@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .datasets import DataError, read_depth
-from .transforms import aug_params, check_image_bytes, epoch_order
+from .transforms import aug_params, check_image_bytes, epoch_order, shard_batches
 
 __all__ = ["ImageLoaderBase", "read_image_bytes"]
 
@@ -89,10 +89,8 @@ class ImageLoaderBase:
         return order, padded, anchors, flips
 
     def __len__(self):
-        n = len(self.view)
-        m = (-(-n // self.world) if self.even_shards else
-             (self.rank + 1) * n // self.world - self.rank * n // self.world)
-        return -(-m // self.batch_size)
+        return shard_batches(len(self.view), self.batch_size, self.rank, self.world,
+                             self.even_shards)
 
     def _begin_epoch(self):
         plan = self._plan()

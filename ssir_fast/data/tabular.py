@@ -15,7 +15,7 @@ import torch
 
 from ..imbalance import LabelBins
 from .datasets import SPLITS, DataError, _check_on_error
-from .transforms import epoch_order
+from .transforms import epoch_order, shard_batches
 
 __all__ = ["TabularDataset", "load_tabular", "TensorLoader"]
 
@@ -200,10 +200,8 @@ class TensorLoader:
         self.epoch = int(epoch)
 
     def __len__(self):
-        n = len(self.view)
-        m = (-(-n // self.world) if self.even_shards else
-             (self.rank + 1) * n // self.world - self.rank * n // self.world)
-        return -(-m // self.batch_size)
+        return shard_batches(len(self.view), self.batch_size, self.rank, self.world,
+                             self.even_shards)
 
     def __iter__(self):
         order, padded = epoch_order(len(self.view), self.seed, self.epoch, self.shuffle, self.rank,

@@ -36,6 +36,12 @@ def epoch_order(n, seed, epoch, shuffle, rank=0, world=1, even=False):
     return mine, 0
 
 
+def shard_batches(n, batch_size, rank=0, world=1, even=False):
+    """Number of batches `epoch_order`'s shard of n samples makes (last partial batch kept)."""
+    m = -(-n // world) if even else (rank + 1) * n // world - rank * n // world
+    return -(-m // batch_size)
+
+
 def aug_params(n, seed, epoch, pad=PAD):
     """Crop anchors (y, x) in [-pad, pad] and flips (0/1) for all n samples of an epoch.
 
