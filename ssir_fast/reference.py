@@ -14,12 +14,14 @@ __all__ = ["perturb_reference", "naive_ssir_loss"]
 
 
 def perturb_reference(x, g, epsilon, clip_min=None, clip_max=None):
-    """float64: out_i = clip(x_i + eps * g_i / ||g_i||_2), r_i = 0 where ||g_i|| = 0."""
+    """float64: out_i = clip(x_i + eps_i * g_i / ||g_i||_2), r_i = 0 where ||g_i|| = 0; eps_i is
+    `epsilon` (a float) or `epsilon[i]` (a tensor of per-sample radii)."""
     xd, gd = x.detach().double(), g.detach().double()
     out = torch.empty_like(xd)
     for i in range(xd.shape[0]):
+        eps = float(epsilon[i]) if isinstance(epsilon, torch.Tensor) else float(epsilon)
         norm = torch.sqrt((gd[i] * gd[i]).sum())
-        r = gd[i] * (epsilon / norm) if norm > 0 else torch.zeros_like(gd[i])
+        r = gd[i] * (eps / norm) if norm > 0 else torch.zeros_like(gd[i])
         v = xd[i] + r
         for bound, op in ((clip_min, torch.maximum), (clip_max, torch.minimum)):
             if bound is None:
@@ -34,9 +36,14 @@ def perturb_reference(x, g, epsilon, clip_min=None, clip_max=None):
 
 def naive_ssir_loss(model, x, y, bin_width=1.0, epsilon=1e-3, lam=0.1, distance="l1", n_steps=2,
                     target="noisy", clip_min=None, clip_max=None, base_loss=None, weight=None,
-                    noise=None, huber_beta=1.0):
-    """Algorithm 1, literally. Returns (loss, pred, x_adv); call loss.backward() to train."""
+                    noise=None, huber_beta=1.0, rho=0.5, eps_max=None, delta=None, index=None):
+    """Algorithm 1, literally. Returns (loss, pred, x_adv); call loss.backward() to train.
+
+    epsilon="auto": eps_i = rho * delta / ||grad_x D(f(x_i), y~_i)||, each sample's gradient from
+    its own forward (0 where the gradient is 0, capped at eps_max). index: the rows that get the
+    perturbation and the consistency term (the subset mode); default all."""
     base_loss = base_loss or weighted_l1
+    delta = bin_width if delta is None else delta
     D = lambda a, b: distance_per_sample(distance, a, b, huber_beta).mean()  # noqa: E731
 
     with torch.no_grad():
@@ -46,6 +53,9 @@ def naive_ssir_loss(model, x, y, bin_width=1.0, epsilon=1e-3, lam=0.1, distance=
         y_tilde = y_hat + z
     else:
         y_tilde = y_hat
+    x_all = x
+    if index is not None:
+        x, y_tilde = x[index], y_tilde[index]
 
     def clip(v):
         if clip_min is None and clip_max is None:
@@ -57,6 +67,20 @@ def naive_ssir_loss(model, x, y, bin_width=1.0, epsilon=1e-3, lam=0.1, distance=
         hi = hi.reshape(shape) if hi is not None and hi.numel() > 1 else hi
         return torch.clamp(v, lo, hi)
 
+    def radius():
+        if epsilon != "auto":
+            return [epsilon] * x.shape[0]
+        eps = []
+        for i in range(x.shape[0]):
+            xi = x[i:i + 1].detach().clone().requires_grad_(True)
+            (gi,) = torch.autograd.grad(D(model(xi), y_tilde[i:i + 1]), xi)
+            norm = float(gi.double().norm())
+            e = rho * delta / norm if norm > 0 else 0.0
+            eps.append(e if eps_max is None else min(e, eps_max))
+        return eps
+
+    eps = radius()
+
     def step(point):
         saved = [p.grad for p in model.parameters()]
         r = torch.zeros_like(point, requires_grad=True)
@@ -64,15 +88,17 @@ def naive_ssir_loss(model, x, y, bin_width=1.0, epsilon=1e-3, lam=0.1, distance=
         for p, s in zip(model.parameters(), saved):
             p.grad = s
         g = r.grad
-        norm = g.reshape(g.shape[0], -1).norm(dim=1).reshape((-1,) + (1,) * (g.dim() - 1))
-        direction = torch.where(norm > 0, g / torch.where(norm > 0, norm, torch.ones_like(norm)),
-                                torch.zeros_like(g))
-        return clip(x + epsilon * direction).detach()
+        out = []
+        for i in range(g.shape[0]):
+            norm = g[i].norm()
+            direction = g[i] / norm if norm > 0 else torch.zeros_like(g[i])
+            out.append(x[i] + eps[i] * direction)
+        return clip(torch.stack(out)).detach()
 
     x_adv = x
     for _ in range(n_steps):
         x_adv = step(x_adv)
-    pred = model(x)
+    pred = model(x_all)
     supervised = base_loss(pred, y.reshape(pred.shape), weight)
     consistency = D(model(x_adv), y_tilde)
     return supervised + lam * consistency, pred, x_adv

@@ -10,10 +10,33 @@ Algorithm 1 of the paper (SPEC section 2), for a batch of M samples:
     x~  = clip(x + eps * g2 / ||g2||)    from x, so ||x~ - x|| <= eps
     L   = mean_i w_i D_R(y^_i, y_i) + lam * mean_i D(f(x~_i), y~_i)
 
+Options beyond the paper (each opt-in; the defaults are Algorithm 1):
+
+- epsilon=0: x~ = x, so the consistency term is D(f(x), y~) = D(f(x), f(x) + z), the output noise
+  alone (an ablation: what part of any gain comes from the perturbation).
+- epsilon="auto": a radius per sample from the step-1 gradient, eps_i = rho * delta / ||g1_i||
+  (capped at eps_max). To first order the step changes D_i by g1_i . r_i <= eps_i ||g1_i|| =
+  rho * delta whatever the direction (Cauchy-Schwarz; clipping only shortens r). For a scalar
+  output and the L1 distance ||g1_i|| = ||grad_x f(x_i)||, so the predicted output change
+  |f(x~_i) - f(x_i)| is at most rho * delta: the pair stays similar in the sense of Definition 1.
+  No extra pass: g1 is already computed.
+- n_steps=1: x~ = x1 (one forward and one input-only backward fewer).
+- subset=rho: steps 2..n and the consistency forward run on k = max(1, round(rho * M)) samples
+  drawn without replacement, each draw with probability proportional to the sample's rarity (the
+  inverse training count of its label bin; successive sampling), so rare labels get the
+  consistency term more often. The consistency mean is over the drawn samples.
+- perturb_autocast=torch.bfloat16: steps 2..n (the passes that only find the direction) run under
+  autocast in that dtype when the model trains in fp32; the consistency pass stays in the model's
+  precision.
+
+Diagnostics returned with every step (over the samples that got the consistency term):
+similarity rate (Definition 1), mean ||x~ - x|| / ||x|| and mean |f(x~) - f(x)| / dy.
+
 The perturbation passes (f(x1), f(x~)) run on scratch copies of the model's buffers and with the
 RNG state of the clean forward, so BatchNorm running statistics, num_batches_tracked, any other
 buffer and the RNG streams end exactly as after the clean forward alone, and dropout draws the
-same masks in every pass.
+same masks in every pass (with subset, the passes see only the drawn rows: their BatchNorm batch
+statistics and dropout masks are those of the subset).
 """
 import contextlib
 from dataclasses import dataclass
@@ -23,9 +46,10 @@ import torch
 
 from .losses import DISTANCES, distance_per_sample, weighted_l1
 from .ops import perturb
+from .ops.perturb import perturb_torch
 from .ops._common import require_finite_nonneg, require_positive
 
-__all__ = ["SSIRLoss", "SSIRResult", "scratch_buffers"]
+__all__ = ["SSIRLoss", "SSIRResult", "scratch_buffers", "draw_subset"]
 
 
 @dataclass
@@ -36,8 +60,12 @@ class SSIRResult:
     supervised: torch.Tensor    # mean_i w_i D_R(pred_i, y_i)
     consistency: torch.Tensor   # mean_i D(f(x~_i), y~_i)
     similarity: torch.Tensor    # fraction of samples with D(f(x), f(x~)) < delta (Definition 1)
-    x_adv: torch.Tensor         # the perturbed inputs x~ (detached)
-    target: torch.Tensor        # y~ = stopgrad(f(x)) + z
+    x_adv: torch.Tensor         # the perturbed inputs x~ (detached; the subset's rows)
+    target: torch.Tensor        # y~ = stopgrad(f(x)) + z (all rows)
+    radius: torch.Tensor        # eps per perturbed sample [k] (float32; eps_i with "auto")
+    perturbation: torch.Tensor  # mean_i ||x~_i - x_i|| / ||x_i||
+    output_change: torch.Tensor  # mean_i mean_j |f(x~)_ij - f(x)_ij| / dy
+    index: Optional[torch.Tensor] = None  # rows of the batch in x_adv (subset), None = all
 
 
 @contextlib.contextmanager
@@ -79,7 +107,8 @@ class SSIRLoss(torch.nn.Module):
     Args:
         bin_width: label bin length dy (1 year for age, 0.1 m for depth); the noise range and
             the default similarity threshold delta.
-        epsilon: perturbation radius (L2 per sample). Paper: 1e-3 (age), 5e-4 (depth).
+        epsilon: perturbation radius (L2 per sample), >= 0, or "auto" (eps_i = rho * delta /
+            ||g1_i||, see the module docstring). Paper: 1e-3 (age), 5e-4 (depth).
         lam: weight of the consistency term. Paper: 0.1 (SQINV+SSIR), 1.0, 2.5.
         distance: consistency distance D: "l1", "mse" or "huber" (mean over output elements).
         n_steps: adversarial steps (>= 1; 2 in the paper).
@@ -91,15 +120,55 @@ class SSIRLoss(torch.nn.Module):
         huber_beta: beta of the Huber distance.
         preserve_state: run perturbation passes on scratch buffers and replayed RNG (default True).
         validate: check y for NaN/inf each call (one host sync on GPU).
+        rho: auto-epsilon fraction of delta, in (0, 1]. Default 0.5: the first-order output change
+            then equals the mean output noise E|z| = dy / 2, and the factor 2 left to the bound
+            delta absorbs the second-order term (measured: BENCHMARKS.md, SSIR study).
+        eps_max: optional cap on the auto radius (a tiny ||g1_i|| would otherwise give a huge
+            radius, where the first-order model no longer holds).
+        subset: None (every sample) or a fraction in (0, 1] of the batch for the consistency term.
+        bins, bin_counts: label bins (`ssir_fast.imbalance.LabelBins`) and their training counts;
+            the rarity 1 / max(count, 1) of each sample's bin weights the subset draw (uniform
+            without them, or pass `rarity=` to forward).
+        perturb_autocast: None or a dtype (torch.bfloat16): autocast for steps 2..n.
     """
 
     def __init__(self, bin_width=1.0, epsilon=1e-3, lam=0.1, distance="l1", n_steps=2,
                  target="noisy", clip_min=None, clip_max=None,
                  base_loss: Optional[Callable] = None, delta=None, huber_beta=1.0,
-                 preserve_state=True, validate=True):
+                 preserve_state=True, validate=True, rho=0.5, eps_max=None, subset=None,
+                 bins=None, bin_counts=None, perturb_autocast=None):
         super().__init__()
         self.bin_width = require_positive(bin_width, "bin_width")
-        self.epsilon = require_finite_nonneg(epsilon, "epsilon")
+        if isinstance(epsilon, str):
+            if epsilon != "auto":
+                raise ValueError(f"epsilon must be a float >= 0 or 'auto', got {epsilon!r}")
+            self.epsilon = "auto"
+        else:
+            self.epsilon = require_finite_nonneg(epsilon, "epsilon")
+        self.rho = require_positive(rho, "rho")
+        if self.rho > 1:
+            raise ValueError(f"rho must be in (0, 1] (a fraction of delta), got {rho}")
+        self.eps_max = None if eps_max is None else require_positive(eps_max, "eps_max")
+        if subset is not None:
+            subset = require_positive(subset, "subset")
+            if subset > 1:
+                raise ValueError(f"subset must be a fraction in (0, 1], got {subset}")
+        self.subset = subset
+        self.bins = bins
+        if (bins is None) != (bin_counts is None):
+            raise ValueError("bins and bin_counts go together: give both or neither")
+        if bins is not None:
+            counts = torch.as_tensor(bin_counts, dtype=torch.float64).reshape(-1)
+            if counts.numel() != bins.num_bins:
+                raise ValueError(f"bin_counts must have one count per bin ({bins.num_bins}), got "
+                                 f"{counts.numel()}")
+            self.register_buffer("bin_rarity", 1.0 / counts.clamp(min=1.0), persistent=False)
+        else:
+            self.bin_rarity = None
+        if perturb_autocast is not None and perturb_autocast not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"perturb_autocast must be None, torch.bfloat16 or torch.float16, got "
+                             f"{perturb_autocast!r}")
+        self.perturb_autocast = perturb_autocast
         self.lam = require_finite_nonneg(lam, "lam")
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
@@ -170,7 +239,41 @@ class SSIRLoss(torch.nn.Module):
         rng.restore()
         return scratch_buffers(model)
 
-    def forward(self, model, x, y, weight=None, noise=None) -> SSIRResult:
+    def _dist_l1(self, a, b):
+        dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+        return distance_per_sample("l1", a.to(dtype), b.to(dtype))
+
+    def rarity(self, y):
+        """Per-sample rarity: 1 / training count of the label's bin (mean over the elements of a
+        dense label); all ones without bins."""
+        n = y.shape[0]
+        if self.bin_rarity is None:
+            return torch.ones(n, device=y.device)
+        table = self.bin_rarity.to(y.device)
+        r = table[self.bins.index(y.detach().reshape(n, -1))]
+        return r.mean(dim=1).float()
+
+    def radius(self, g):
+        """The perturbation radius: epsilon, or with "auto" eps_i = rho * delta / ||g_i|| (0 where
+        g_i = 0), capped at eps_max; a float32/float64 tensor [N] then."""
+        if self.epsilon != "auto":
+            return self.epsilon
+        acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+        norm = g.reshape(g.shape[0], -1).to(acc).norm(dim=1)
+        eps = torch.where(norm > 0, self.rho * self.delta / norm.clamp(min=1e-30),
+                          torch.zeros_like(norm))
+        if self.eps_max is not None:
+            eps = eps.clamp(max=self.eps_max)
+        return eps
+
+    def _fast(self, device):
+        if self.perturb_autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.perturb_autocast)
+
+    def forward(self, model, x, y, weight=None, noise=None, rarity=None) -> SSIRResult:
+        """One SSIR step on batch (x, y). `weight`: re-weighting factors [N] (or y's shape);
+        `noise`: z (default drawn); `rarity`: subset draw weights [N] (default from the bins)."""
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
             raise TypeError(f"x must be a floating-point tensor, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
@@ -201,15 +304,21 @@ class SSIRLoss(torch.nn.Module):
         # Step 1: input gradient from the clean graph (kept for the final backward).
         d1 = self._dist(pred, y_tilde).sum()
         (g,) = torch.autograd.grad(d1, x_in, retain_graph=True)
-        x_adv = perturb(x, g, self.epsilon, lo, hi)
+        index = None
+        if self.subset is not None and self.subset < 1:
+            index = draw_subset(self.rarity(y) if rarity is None else rarity, self.subset)
+            x, g = x[index], g[index]
+        y_t = y_tilde if index is None else y_tilde[index]
+        eps = self.radius(g)
+        x_adv = _perturb(x, g, eps, lo, hi)
 
         # Steps 2..n: fresh forward at the current point, input gradient only.
         for _ in range(1, self.n_steps):
             xk = x_adv.requires_grad_(True)
-            with self._context(model, rng_before):
-                dk = self._dist(model(xk), y_tilde).sum()
-            (g,) = torch.autograd.grad(dk, xk)
-            x_adv = perturb(x, g, self.epsilon, lo, hi)
+            with self._context(model, rng_before), self._fast(x.device):
+                dk = self._dist(model(xk), y_t).sum()
+                (g,) = torch.autograd.grad(dk, xk)
+            x_adv = _perturb(x, g, eps, lo, hi)
 
         # Consistency at x~ (parameters get gradients through this graph).
         x_adv = x_adv.detach()
@@ -217,10 +326,57 @@ class SSIRLoss(torch.nn.Module):
             adv = model(x_adv)
         if rng_after is not None:
             rng_after.restore()
-        per_sample = self._dist(adv, y_tilde)
-        consistency = per_sample.mean()
-        with torch.no_grad():
-            similarity = (self._dist(adv.detach(), ref) < self.delta).float().mean()
+        consistency = self._dist(adv, y_t).mean()
         loss = supervised + self.lam * consistency
+        with torch.no_grad():
+            ref_t = ref if index is None else ref[index]
+            change = self._dist_l1(adv.detach(), ref_t)
+            similarity = (self._dist(adv.detach(), ref_t) < self.delta).float().mean()
+            n = x.shape[0]
+            xf = x.reshape(n, -1).float()
+            moved = (x_adv.reshape(n, -1).float() - xf).norm(dim=1)
+            size = xf.norm(dim=1)
+            perturbation = torch.where(size > 0, moved / size.clamp(min=1e-30), moved).mean()
+            radius = (eps.float() if isinstance(eps, torch.Tensor)
+                      else torch.full((n,), eps, device=x.device))
         return SSIRResult(loss=loss, pred=pred, supervised=supervised, consistency=consistency,
-                          similarity=similarity, x_adv=x_adv, target=y_tilde)
+                          similarity=similarity, x_adv=x_adv, target=y_tilde, radius=radius,
+                          perturbation=perturbation, output_change=change.mean() / self.bin_width,
+                          index=index)
+
+
+def draw_subset(rarity, fraction, generator=None):
+    """k = max(1, round(fraction * N)) distinct row indices (sorted), drawn one after another,
+    each with probability proportional to `rarity` among the rows not drawn yet (successive
+    sampling, `torch.multinomial` without replacement). Rows of rarity 0 are drawn last."""
+    rarity = rarity.detach().reshape(-1).float()
+    n = rarity.numel()
+    k = max(1, int(round(fraction * n)))
+    if k >= n:
+        return torch.arange(n, device=rarity.device)
+    if not bool(torch.isfinite(rarity).all()) or bool((rarity < 0).any()):
+        raise ValueError("rarity must be finite and >= 0")
+    w = rarity if bool((rarity > 0).any()) else torch.ones_like(rarity)
+    # zero-weight rows can only come after every positive one: a tiny floor keeps them drawable
+    w = w + (w.max() * 1e-12 if int((w > 0).sum()) < k else 0.0)
+    return torch.multinomial(w, k, replacement=False, generator=generator).sort().values
+
+
+def _perturb(x, g, eps, lo, hi):
+    """`perturb` with a float or a per-sample [N] radius."""
+    if isinstance(eps, torch.Tensor) and not _PER_SAMPLE_OP:
+        return perturb_torch(x, g, eps.to(x.device), lo, hi)
+    return perturb(x, g, eps, lo, hi)
+
+
+def _per_sample_op():
+    # The fused op takes an [N] epsilon from the kernel engineer's change on; until then the
+    # eager version computes the same formula.
+    try:
+        perturb(torch.zeros(2, 1), torch.ones(2, 1), torch.ones(2))
+        return True
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+_PER_SAMPLE_OP = _per_sample_op()

@@ -195,3 +195,190 @@ def test_bad_call_arguments():
         loss_fn(model, torch.zeros(0, 6), torch.zeros(0))
     with pytest.raises(TypeError, match="x must be a floating-point"):
         loss_fn(lambda t: t.float().sum(1), torch.ones(4, 6, dtype=torch.long), torch.zeros(4))
+
+
+# ---- ablations, auto-epsilon, fast modes (issue 12) ----------------------------------------
+
+def test_epsilon_zero_is_the_noise_only_ablation():
+    # x~ = x: the consistency term is D(f(x), f(x) + z) = mean |z|, and the diagnostics are 0.
+    model = mlp()
+    x, y = torch.randn(10, 6, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
+    noise = torch.linspace(-0.9, 0.9, 10, dtype=torch.float64).reshape(10, 1)
+    res = SSIRLoss(epsilon=0.0, lam=1.0)(model, x, y, noise=noise)
+    assert torch.equal(res.x_adv, x)
+    assert torch.allclose(res.consistency, noise.abs().mean(), rtol=1e-12)
+    assert float(res.perturbation) == 0 and float(res.output_change) == 0
+    assert float(res.similarity) == 1.0
+
+
+def test_diagnostics_match_their_definitions():
+    model = mlp()
+    torch.manual_seed(4)
+    x, y = torch.randn(12, 6, dtype=torch.float64), torch.randn(12, dtype=torch.float64)
+    res = SSIRLoss(bin_width=0.5, epsilon=0.3, delta=0.05)(model, x, y)
+    with torch.no_grad():
+        fx, fa = model(x), model(res.x_adv)
+    rel = ((res.x_adv - x).norm(dim=1) / x.norm(dim=1)).mean()
+    change = (fa - fx).abs().mean() / 0.5
+    similar = ((fa - fx).abs().squeeze(1) < 0.05).double().mean()
+    assert torch.allclose(res.perturbation.double(), rel, rtol=1e-6)
+    assert torch.allclose(res.output_change.double(), change, rtol=1e-6)
+    assert torch.allclose(res.similarity.double(), similar)
+    assert torch.allclose(res.radius.double(), torch.full((12,), 0.3, dtype=torch.float64))
+
+
+def _input_jacobian_rows(model, x):
+    """grad_x f(x_i) for a scalar-output model, one row per sample (float64)."""
+    xr = x.detach().clone().requires_grad_(True)
+    (j,) = torch.autograd.grad(model(xr).sum(), xr)
+    return j
+
+
+@pytest.mark.parametrize("n_steps", [1, 2])
+@pytest.mark.parametrize("rho", [0.25, 1.0])
+def test_auto_epsilon_bounds_first_order_output_change(n_steps, rho):
+    # L1, scalar output: |grad f(x_i) . (x~_i - x_i)| <= rho * delta per sample; with one step
+    # the direction is the step-1 gradient, so the bound is met with equality.
+    model = mlp()
+    torch.manual_seed(5)
+    x, y = torch.randn(40, 6, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
+    delta = 0.8
+    res = SSIRLoss(bin_width=2.0, delta=delta, epsilon="auto", rho=rho, n_steps=n_steps)(model, x, y)
+    first_order = (_input_jacobian_rows(model, x) * (res.x_adv - x)).sum(dim=1).abs()
+    assert torch.all(first_order <= rho * delta * (1 + 1e-9))
+    if n_steps == 1:
+        assert torch.allclose(first_order, torch.full_like(first_order, rho * delta), rtol=1e-9)
+    # eps_i = rho * delta / ||grad_x D_i||, and ||grad_x D_i|| = ||grad_x f(x_i)|| for L1
+    expect = rho * delta / _input_jacobian_rows(model, x).norm(dim=1)
+    assert torch.allclose(res.radius.double(), expect, rtol=1e-6)
+
+
+def test_auto_epsilon_bounds_first_order_distance_change_mse_with_cap():
+    # Any distance: the step-1 objective D_i changes by at most rho * delta to first order.
+    model = mlp()
+    torch.manual_seed(6)
+    x, y = torch.randn(30, 6, dtype=torch.float64), torch.randn(30, dtype=torch.float64)
+    noise = torch.rand(30, 1, dtype=torch.float64) * 2 - 1
+    loss_fn = SSIRLoss(epsilon="auto", rho=0.5, distance="mse", n_steps=2, eps_max=3.0)
+    res = loss_fn(model, x, y, noise=noise)
+    xr = x.clone().requires_grad_(True)
+    d = ((model(xr) - res.target) ** 2).squeeze(1)
+    (g1,) = torch.autograd.grad(d.sum(), xr)
+    assert torch.all((g1 * (res.x_adv - x)).sum(dim=1).abs() <= 0.5 * 1.0 * (1 + 1e-9))
+    expect = (0.5 / g1.norm(dim=1)).clamp(max=3.0)
+    assert torch.allclose(res.radius.double(), expect, rtol=1e-6)
+    assert torch.all((res.x_adv - x).norm(dim=1) <= 3.0 * (1 + 1e-9))
+
+
+@pytest.mark.parametrize("distance", ["l1", "huber"])
+@pytest.mark.parametrize("n_steps", [1, 2])
+def test_auto_epsilon_and_subset_equal_literal_algorithm(distance, n_steps):
+    torch.manual_seed(7)
+    x = torch.randn(16, 6, dtype=torch.float64).clamp(-1.9, 1.9)
+    y = torch.randn(16, dtype=torch.float64) * 3
+    noise = torch.rand(16, 1, dtype=torch.float64) * 2 - 1
+    rarity = torch.rand(16, dtype=torch.float64) + 0.1
+    fast_model, naive_model = mlp(), mlp()
+    kw = dict(bin_width=1.0, epsilon="auto", rho=0.7, eps_max=0.4, lam=0.7, distance=distance,
+              n_steps=n_steps, clip_min=-2.0, clip_max=2.0)
+    torch.manual_seed(8)
+    res = SSIRLoss(subset=0.5, **kw)(fast_model, x, y, noise=noise, rarity=rarity)
+    res.loss.backward()
+    assert res.index.shape == (8,) and res.x_adv.shape == (8, 6)
+    loss_ref, _, x_adv_ref = naive_ssir_loss(naive_model, x, y, noise=noise, index=res.index, **kw)
+    loss_ref.backward()
+    assert torch.allclose(res.loss, loss_ref, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(res.x_adv, x_adv_ref, rtol=1e-12, atol=1e-14)
+    for a, b in zip(_grads(fast_model), _grads(naive_model)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_one_step_equals_hand_written_one_step():
+    # n_steps=1, the fast mode: x~ = x + eps g1 / ||g1|| with g1 from the clean graph, and the
+    # loss mean|f(x) - y| + lam mean|f(x~) - y~|, written out here in float64.
+    model = mlp()
+    torch.manual_seed(9)
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    noise = torch.rand(8, 1, dtype=torch.float64) * 2 - 1
+    res = SSIRLoss(epsilon=0.2, lam=0.3, n_steps=1)(model, x, y, noise=noise)
+    xr = x.clone().requires_grad_(True)
+    fx = model(xr)
+    y_tilde = fx.detach() + noise
+    (g1,) = torch.autograd.grad((fx - y_tilde).abs().sum(), xr)
+    x_adv = x + 0.2 * g1 / g1.norm(dim=1, keepdim=True)
+    loss = (model(x) - y[:, None]).abs().mean() + 0.3 * (model(x_adv) - y_tilde).abs().mean()
+    assert torch.allclose(res.x_adv, x_adv, rtol=1e-12)
+    assert torch.allclose(res.loss, loss, rtol=1e-12)
+
+
+def test_subset_draws_follow_the_weights():
+    from ssir_fast.ssir import draw_subset
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    gen = torch.Generator().manual_seed(0)
+    trials = 20000
+    # one draw per batch: P(i) = w_i / sum(w)
+    ones = torch.zeros(4)
+    for _ in range(trials):
+        ones[draw_subset(w, 0.25, gen)] += 1
+    assert torch.allclose(ones / trials, w / w.sum(), atol=0.01)
+    # two draws of four, successive sampling: P(i in S) = p_i + sum_{j != i} p_j p_i / (1 - p_j)
+    p = (w / w.sum()).double()
+    exact = torch.tensor([p[i] + sum(p[j] * p[i] / (1 - p[j]) for j in range(4) if j != i)
+                          for i in range(4)])
+    twos = torch.zeros(4)
+    for _ in range(trials):
+        idx = draw_subset(w, 0.5, gen)
+        assert idx.numel() == 2 and idx[0] < idx[1]
+        twos[idx] += 1
+    assert torch.allclose((twos / trials).double(), exact, atol=0.01)
+
+
+def test_subset_rarity_is_inverse_bin_count():
+    from ssir_fast.imbalance import LabelBins
+    bins = LabelBins(0.0, 1.0, 4)
+    loss_fn = SSIRLoss(subset=0.5, bins=bins, bin_counts=[10, 0, 5, 1])
+    y = torch.tensor([0.5, 1.2, 2.9, 3.1, 7.0])  # 7.0 is clamped into the last bin
+    assert torch.allclose(loss_fn.rarity(y), torch.tensor([0.1, 1.0, 0.2, 1.0, 1.0]))
+    assert torch.equal(SSIRLoss(subset=0.5).rarity(y), torch.ones(5))
+    # a rarity-0 row is drawn only when every positive row is taken
+    from ssir_fast.ssir import draw_subset
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        assert 2 not in draw_subset(torch.tensor([1.0, 1.0, 0.0, 1.0]), 0.75, gen).tolist()
+
+
+def test_bf16_perturbation_passes_with_fp32_model():
+    # Steps 2..n under bf16 autocast: the direction is close to fp32's, x~ stays fp32 and within
+    # eps, and the consistency pass (which trains the model) is fp32.
+    model = SmallCNN().train()
+    x, y = torch.randn(6, 3, 8, 8), torch.randn(6)
+    noise = torch.rand(6, 1) * 2 - 1
+    torch.manual_seed(0)
+    exact = SSIRLoss(epsilon=0.5, lam=1.0)(model, x, y, noise=noise)
+    torch.manual_seed(0)
+    fast = SSIRLoss(epsilon=0.5, lam=1.0, perturb_autocast=torch.bfloat16)(model, x, y,
+                                                                          noise=noise)
+    fast.loss.backward()
+    assert fast.x_adv.dtype == torch.float32
+    assert torch.all((fast.x_adv - x).reshape(6, -1).norm(dim=1) <= 0.5 * (1 + 1e-5))
+    cos = torch.nn.functional.cosine_similarity((fast.x_adv - x).reshape(6, -1),
+                                                (exact.x_adv - x).reshape(6, -1))
+    assert torch.all(cos > 0.9)
+    assert torch.allclose(fast.loss, exact.loss, rtol=0.05)
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in model.parameters())
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(epsilon="big"), "epsilon must be a float >= 0 or 'auto'"),
+    (dict(epsilon="auto", rho=0), "rho"),
+    (dict(epsilon="auto", rho=1.5), "rho must be in"),
+    (dict(epsilon="auto", eps_max=-1), "eps_max"),
+    (dict(subset=0), "subset"),
+    (dict(subset=1.5), "subset must be a fraction"),
+    (dict(bin_counts=[1, 2]), "bins and bin_counts"),
+    (dict(perturb_autocast=torch.float64), "perturb_autocast"),
+])
+def test_bad_fast_mode_options(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        SSIRLoss(**kwargs)
