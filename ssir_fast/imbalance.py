@@ -6,30 +6,49 @@ metrics and the SSIR bin width, so nobody re-derives bins:
     bin(y) = clamp(floor((y - y_min) / bin_width), 0, num_bins - 1)
 
 Labels outside [y_min, y_min + num_bins * bin_width) fall into the edge bins (the DIR age
-convention merges labels >= 120 into bin 120 with num_bins = 121: `LabelBins.dir_age()`); with
-`clamp=False` they get index -1 instead, which the FDS ops and samplers treat as "ignore".
+convention merges labels >= 120 into bin 120 with num_bins = 121: `LabelBins.dir_age()`; NYUD2
+merges depths below 0.7 m into the 0.7 m bin); with `clamp=False` they get index -1 instead,
+which the FDS ops and samplers treat as "ignore". Labels *far* outside the bins (more than the
+bins' span beyond them, or negative when every bin is non-negative: an age of -5, a depth in
+millimetres) are almost always a data error, and `LabelBins.counts` warns about them.
 
 Re-weighting (SPEC 4, as in the DIR code): per-bin effective counts
 
     c_b = count_b                          reweight="none"     (weights all 1)
-    c_b = clip(count_b, 5, 1000)           reweight="inverse"  (INV)
+    c_b = clip(count_b, lo, hi)            reweight="inverse"  (INV; age recipe [5, 1000],
+                                                                NYUD2 recipe: no clip)
     c_b = sqrt(count_b)                    reweight="sqrt_inv" (SQINV)
-    c_b <- sum_k K[k] c_{b+k}              lds=True (LDS: zero padding, K the window of lds_kernel)
-    w_i = s / c_{bin(y_i)},   s such that mean_i w_i = 1 over the training labels.
+    c_b <- sum_k K[k] c_{b+k}              lds=True (LDS, K the window of lds_kernel; padding
+                                                     'constant' (zeros, age) or 'reflect' (NYUD2))
+    w_i = s / c_{bin(y_i)},   s such that mean_i w_i = 1 over the training labels (pixels).
 
-Dense labels (depth maps) are binned per pixel; the weights have the labels' shape.
+`DIR_RECIPES` holds the two official settings: "age" (agedb-dir / imdb-wiki-dir) and "depth"
+(nyud2-dir). Dense labels (depth maps) are binned per pixel; the weights have the labels' shape.
+
+INV + LDS and the official code: the official scripts keep INV counts as int64 and scipy's
+`convolve1d` then writes the smoothed counts into an int64 array, truncating them (SQINV counts
+are floats, untouched). The weights differ from the exact ones by 2-8 % on AgeDB. The exact
+float smoothing is the default here; `lds_int_counts=True` reproduces the truncation.
 """
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 __all__ = ["LabelBins", "lds_kernel", "bin_weights", "sample_weights", "lookup_weights",
-           "weighted_sampler", "REWEIGHTS", "KERNELS"]
+           "weighted_sampler", "REWEIGHTS", "KERNELS", "PADDINGS", "DIR_RECIPES"]
 
 REWEIGHTS = ("none", "inverse", "sqrt_inv")
 KERNELS = ("gaussian", "triang", "laplace")
+PADDINGS = ("constant", "reflect")
+
+# The official weighting of each DIR code base (keyword arguments of `bin_weights`).
+DIR_RECIPES = {
+    "age": dict(inv_clip=(5, 1000), lds_padding="constant"),   # agedb-dir, imdb-wiki-dir
+    "depth": dict(inv_clip=None, lds_padding="reflect"),       # nyud2-dir (per-pixel counts)
+}
 
 
 @dataclass(frozen=True)
@@ -91,10 +110,40 @@ class LabelBins:
     def centers(self):
         return self.y_min + self.bin_width * (np.arange(self.num_bins, dtype=np.float64) + 0.5)
 
-    def counts(self, labels):
-        """Number of labels per bin (int64 numpy, length num_bins)."""
-        idx = self.index(np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor)
-                                    else labels, dtype=np.float64).reshape(-1))
+    def far_limits(self):
+        """(lo, hi): labels below lo or above hi are *far* outside the bins: more than the bins'
+        span (num_bins * bin_width) beyond them, or below 0 when y_min >= 0 (a negative age or
+        depth); with y_max <= 0, symmetrically above 0."""
+        span = self.num_bins * self.bin_width
+        lo, hi = self.y_min - span, self.y_max + span
+        if self.y_min >= 0:
+            lo = max(lo, 0.0)
+        if self.y_max <= 0:
+            hi = min(hi, 0.0)
+        return lo, hi
+
+    def warn_far_outside(self, lo_seen, hi_seen, n_far, what="labels", stacklevel=2):
+        """Warn (UserWarning) that `n_far` of `what`, ranging over [lo_seen, hi_seen], lie far
+        outside the bins; a no-op when n_far is 0."""
+        if n_far:
+            lo, hi = self.far_limits()
+            warnings.warn(f"{n_far} {what} lie far outside the bins [{self.y_min:g}, "
+                          f"{self.y_max:g}) (outside [{lo:g}, {hi:g}]; seen range "
+                          f"[{lo_seen:g}, {hi_seen:g}]) and are "
+                          f"{'merged into the edge bins' if self.clamp else 'ignored'}; "
+                          f"check the labels' units and for corrupt rows", UserWarning,
+                          stacklevel=stacklevel + 1)
+
+    def counts(self, labels, what="training labels"):
+        """Number of labels per bin (int64 numpy, length num_bins). Warns when labels lie far
+        outside the bins (see `far_limits`)."""
+        y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels,
+                       dtype=np.float64).reshape(-1)
+        lo, hi = self.far_limits()
+        far = (y < lo) | (y > hi)
+        if far.any():
+            self.warn_far_outside(float(y[far].min()), float(y[far].max()), int(far.sum()), what)
+        idx = self.index(y)
         return np.bincount(idx[idx >= 0], minlength=self.num_bins).astype(np.int64)
 
 
@@ -151,16 +200,39 @@ def lds_kernel(kernel="gaussian", ks=5, sigma=2.0):
     return w / w.max()
 
 
-def _convolve_constant(values, window):
-    """Same-size correlation with zero padding (scipy convolve1d mode='constant' for a symmetric
-    window)."""
+def _convolve(values, window, padding):
+    """Same-size correlation of `values` with a symmetric `window`, as scipy's convolve1d:
+    padding 'constant' extends with zeros, 'reflect' with the half-sample mirror image
+    (d c b a | a b c d | d c b a, repeated for windows longer than the data)."""
     half = len(window) // 2
-    padded = np.concatenate([np.zeros(half), values, np.zeros(half)])
+    if padding == "constant":
+        padded = np.concatenate([np.zeros(half), values, np.zeros(half)])
+    else:
+        padded = np.pad(values, half, mode="symmetric")
     return np.array([padded[i:i + len(window)] @ window for i in range(len(values))])
 
 
-def bin_weights(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussian", ks=5, sigma=2.0):
+def _check_inv_clip(inv_clip):
+    if inv_clip is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in inv_clip)
+    except (TypeError, ValueError):
+        raise ValueError(f"inv_clip must be None or a pair (lo, hi), got {inv_clip!r}") from None
+    if not (0 < lo <= hi):
+        raise ValueError(f"inv_clip must satisfy 0 < lo <= hi, got {inv_clip!r}")
+    return lo, hi
+
+
+def bin_weights(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussian", ks=5, sigma=2.0,
+                *, inv_clip=(5, 1000), lds_padding="constant", lds_int_counts=False):
     """Per-bin weights [num_bins] (float64 numpy) such that w[bins.index(labels)] has mean 1.
+
+    Args beyond `sample_weights`'s:
+        inv_clip: (lo, hi) clip of the INV counts (the age recipe, default) or None (NYUD2).
+        lds_padding: 'constant' (zeros, the age recipe) or 'reflect' (NYUD2).
+        lds_int_counts: with INV + LDS, truncate the smoothed counts to integers as the official
+            code does (it convolves int64 counts into an int64 array); SQINV is unaffected.
 
     Bins that no label falls into and whose effective count is 0 get weight 0."""
     if reweight not in REWEIGHTS:
@@ -170,20 +242,27 @@ def bin_weights(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussian",
                          "or 'sqrt_inv' with lds=True")
     if not isinstance(bins, LabelBins):
         raise TypeError(f"bins must be a LabelBins, got {type(bins).__name__}")
+    if lds_padding not in PADDINGS:
+        raise ValueError(f"lds_padding must be one of {PADDINGS}, got {lds_padding!r}")
+    clip = _check_inv_clip(inv_clip)
     window = lds_kernel(kernel, ks, sigma) if lds else None
     y = _to_numpy_labels(labels).reshape(-1)
-    idx = bins.index(y)
-    idx = idx[idx >= 0]
-    if idx.size == 0:
+    counts = bins.counts(y).astype(np.float64)
+    n = counts.sum()
+    if n == 0:
         raise ValueError("no label falls inside the bins (clamp=False)")
-    counts = np.bincount(idx, minlength=bins.num_bins).astype(np.float64)
     if reweight == "none":
         return np.ones(bins.num_bins)
-    eff = np.clip(counts, 5, 1000) if reweight == "inverse" else np.sqrt(counts)
+    if reweight == "sqrt_inv":
+        eff = np.sqrt(counts)
+    else:
+        eff = counts if clip is None else np.clip(counts, *clip)
     if lds:
-        eff = _convolve_constant(eff, window)
+        eff = _convolve(eff, window, lds_padding)
+        if lds_int_counts and reweight == "inverse":
+            eff = np.trunc(eff)
     inv = np.where(eff > 0, 1.0 / np.where(eff > 0, eff, 1.0), 0.0)
-    return inv * (idx.size / (counts * inv).sum())
+    return inv * (n / (counts * inv).sum())
 
 
 def lookup_weights(labels, weights_per_bin, bins):
@@ -202,7 +281,7 @@ def lookup_weights(labels, weights_per_bin, bins):
 
 
 def sample_weights(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussian", ks=5,
-                   sigma=2.0):
+                   sigma=2.0, **recipe):
     """Per-sample (or per-pixel) re-weighting factors with mean 1 over `labels` (SPEC 4).
 
     Args:
@@ -211,15 +290,17 @@ def sample_weights(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussia
         reweight: "none", "inverse" (INV, counts clipped to [5, 1000]) or "sqrt_inv" (SQINV).
         lds: smooth the (clipped / square-rooted) counts with the LDS window first.
         kernel, ks, sigma: LDS window (paper: gaussian, 5, 2); ks odd >= 1.
+        recipe: inv_clip, lds_padding, lds_int_counts of `bin_weights` (e.g.
+            ``**DIR_RECIPES["depth"]`` for the NYUD2 weighting).
 
     Returns weights with the labels' shape: float32 tensor for tensor labels, float32 numpy
     otherwise."""
-    w = bin_weights(labels, bins, reweight, lds, kernel, ks, sigma)
+    w = bin_weights(labels, bins, reweight, lds, kernel, ks, sigma, **recipe)
     return lookup_weights(labels, w, bins)
 
 
 def weighted_sampler(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussian", ks=5,
-                     sigma=2.0, num_samples=None, replacement=True, generator=None):
+                     sigma=2.0, num_samples=None, replacement=True, generator=None, **recipe):
     """Re-sampling instead of re-weighting: a torch WeightedRandomSampler drawing sample i with
     probability proportional to its re-weighting factor (use the loss unweighted then).
 
@@ -227,7 +308,7 @@ def weighted_sampler(labels, bins, reweight="sqrt_inv", lds=False, kernel="gauss
     y = _to_numpy_labels(labels, "labels")
     if y.ndim != 1:
         raise ValueError(f"labels must be 1-D (one label per sample), got shape {y.shape}")
-    w = sample_weights(y, bins, reweight, lds, kernel, ks, sigma)
+    w = sample_weights(y, bins, reweight, lds, kernel, ks, sigma, **recipe)
     return torch.utils.data.WeightedRandomSampler(
         torch.as_tensor(w, dtype=torch.float64), num_samples or len(w), replacement=replacement,
         generator=generator)

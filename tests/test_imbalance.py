@@ -6,7 +6,7 @@ import scipy.ndimage
 import scipy.signal.windows
 import torch
 
-from ssir_fast.imbalance import (LabelBins, bin_weights, lds_kernel, lookup_weights,
+from ssir_fast.imbalance import (DIR_RECIPES, LabelBins, bin_weights, lds_kernel, lookup_weights,
                                  sample_weights, weighted_sampler)
 
 
@@ -116,3 +116,134 @@ def test_bad_input(kwargs, exc, match):
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         sample_weights(**args)
+
+
+# ---- the official NYUD2 weighting (nyud2-dir loaddata.py, `_get_bucket_weights`) ----------------
+
+def _nyud2_reference(bucket_num_list, reweight, lds, window, bucket_start=7, bucket_num=100):
+    """nyud2-dir's per-bucket weights, transcribed: buckets below bucket_start take bucket 7's
+    (smoothed) count, no clip, LDS with scipy's convolve1d mode='reflect', scaled so that the
+    pixel-weighted mean is 1."""
+    counts = list(bucket_num_list)
+    if lds:
+        value = np.asarray(counts[bucket_start:])
+        if reweight == "sqrt_inv":
+            value = np.sqrt(value)
+        smoothed = scipy.ndimage.convolve1d(value, weights=window, mode="reflect")
+        value = [smoothed[0]] * bucket_start + list(smoothed)
+    else:
+        value = [counts[bucket_start]] * bucket_start + counts[bucket_start:]
+        if reweight == "sqrt_inv":
+            value = np.sqrt(value)
+    value = np.asarray(value, dtype=np.float64)
+    scaling = np.sum(counts) / np.sum(np.asarray(counts) / value)
+    return np.array([scaling / value[b] for b in range(bucket_num)])
+
+
+def _nyud2_pixels(seed=0):
+    """Depth pixels with per-bucket counts in the thousands (as per-pixel counts are: far above
+    the age recipe's INV clip at 1000), in buckets 7..99, none below 0.7 m."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(100, dtype=np.int64)
+    counts[7:] = rng.integers(1500, 20000, 93)
+    depth = np.concatenate([(b + rng.uniform(0.05, 0.95, c)) / 10 for b, c in enumerate(counts) if c])
+    return depth, counts
+
+
+@pytest.mark.parametrize("reweight", ["inverse", "sqrt_inv"])
+@pytest.mark.parametrize("lds", [False, True])
+def test_nyud2_weights_match_official(reweight, lds):
+    depth, counts = _nyud2_pixels()
+    bins = LabelBins(0.7, 0.1, 93)                        # ssir_fast's NYUD2 bins: bucket = bin + 7
+    window = lds_kernel("gaussian", 5, 2.0)
+    # python ints, as TRAIN_BUCKET_NUM: the official INV+LDS truncates the smoothed counts ...
+    official = _nyud2_reference(counts.tolist(), reweight, lds, window)
+    got = bin_weights(depth, bins, reweight, lds, "gaussian", 5, 2.0, lds_int_counts=True,
+                      **DIR_RECIPES["depth"])
+    np.testing.assert_allclose(got, official[7:], rtol=1e-10)
+    # ... and the default smooths the float counts exactly
+    exact = _nyud2_reference(counts.astype(np.float64), reweight, lds, window)
+    w = bin_weights(depth, bins, reweight, lds, "gaussian", 5, 2.0, **DIR_RECIPES["depth"])
+    np.testing.assert_allclose(w, exact[7:], rtol=1e-10)
+    if reweight == "inverse":                             # INV really re-weights per-pixel counts
+        assert w.max() / w.min() > 3
+    per_pixel = lookup_weights(depth, w, bins)
+    assert abs(per_pixel.astype(np.float64).mean() - 1) < 1e-5
+
+
+def test_nyud2_depth_below_start_takes_bucket_7_weight():
+    depth, _ = _nyud2_pixels(1)
+    bins = LabelBins(0.7, 0.1, 93)
+    w = bin_weights(depth, bins, "inverse", **DIR_RECIPES["depth"])
+    below = lookup_weights(np.array([0.2, 0.69]), w, bins)
+    np.testing.assert_allclose(below, [w[0], w[0]], rtol=1e-6)
+
+
+def test_age_recipe_still_clips_inv():
+    depth, _ = _nyud2_pixels(2)
+    w = bin_weights(depth, LabelBins(0.7, 0.1, 93), "inverse")   # age recipe on big counts
+    np.testing.assert_allclose(w, np.ones(93), rtol=1e-12)      # the NYUD2 bug this guards against
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 10])
+@pytest.mark.parametrize("ks", [3, 5, 9])
+def test_reflect_padding_matches_scipy(n, ks):
+    values = np.random.default_rng(n * ks).uniform(1, 100, n)
+    window = lds_kernel("gaussian", ks, 2.0)
+    counts_labels = np.repeat(np.arange(n) + 0.5, np.round(values).astype(int))
+    bins = LabelBins(0, 1, n)
+    counts = bins.counts(counts_labels).astype(np.float64)
+    w = bin_weights(counts_labels, bins, "sqrt_inv", True, "gaussian", ks, 2.0, lds_padding="reflect")
+    ref = 1 / scipy.ndimage.convolve1d(np.sqrt(counts), window, mode="reflect")
+    np.testing.assert_allclose(w, ref * counts.sum() / (counts * ref).sum(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "triang", "laplace"])
+def test_inv_lds_int_counts_match_official_truncation(kernel):
+    """The official age recipe: np.clip keeps INV counts int64 and convolve1d writes the smoothed
+    counts into an int64 array (truncated). lds_int_counts=True reproduces those weights."""
+    rng = np.random.default_rng(3)
+    ages = np.concatenate([rng.normal(40, 12, 4000), rng.uniform(0, 120, 40)]).clip(0, 130)
+    counts = np.zeros(121, dtype=np.int64)
+    for a in ages:
+        counts[min(120, int(a))] += 1
+    window = lds_kernel(kernel, 5, 2.0)
+    smoothed = scipy.ndimage.convolve1d(np.clip(counts, 5, 1000), weights=window, mode="constant")
+    assert smoothed.dtype == np.int64                          # the official code's truncation
+    per = np.array([smoothed[min(120, int(a))] for a in ages], dtype=np.float64)
+    ref = (1 / per) * len(per) / (1 / per).sum()
+    bins = LabelBins.dir_age()
+    got = sample_weights(ages, bins, "inverse", True, kernel, 5, 2.0, lds_int_counts=True)
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    exact = sample_weights(ages, bins, "inverse", True, kernel, 5, 2.0)
+    assert np.abs(exact / got - 1).max() > 1e-3                # the documented difference exists
+    # SQINV counts are floats in the official code: nothing to truncate
+    np.testing.assert_array_equal(
+        sample_weights(ages, bins, "sqrt_inv", True, kernel, lds_int_counts=True),
+        sample_weights(ages, bins, "sqrt_inv", True, kernel))
+
+
+@pytest.mark.parametrize("labels", [[20.0, 30.0, -5.0], [20.0, 1e9], [20.0, -400.0]])
+def test_far_outside_labels_warn(labels):
+    with pytest.warns(UserWarning, match="far outside the bins"):
+        LabelBins.dir_age().counts(labels)
+    with pytest.warns(UserWarning, match="far outside the bins"):
+        sample_weights(labels, LabelBins.dir_age(), "sqrt_inv")
+
+
+@pytest.mark.parametrize("bins,labels", [(LabelBins.dir_age(), [0.0, 20.0, 125.0, 186.0]),
+                                         (LabelBins(0.7, 0.1, 93), [0.05, 0.5, 9.9, 12.0]),
+                                         (LabelBins(-5, 1, 10), [-12.0, 0.0, 13.0])])
+def test_merged_labels_by_convention_do_not_warn(bins, labels):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bins.counts(labels)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(inv_clip=(0, 10)), "inv_clip"),
+                                          (dict(inv_clip=5), "inv_clip"),
+                                          (dict(lds=True, lds_padding="zeros"), "lds_padding")])
+def test_bad_recipe(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bin_weights([1.0, 2.0], LabelBins(0, 1, 5), "inverse", **kwargs)
