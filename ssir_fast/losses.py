@@ -182,7 +182,9 @@ def gai_loss(pred, y, noise_var, gmm, weight=None):
 def bni_loss(pred, y, noise_var, bucket_centers, bucket_weights, weight=None):
     """Bin-based numerical integration:
     (e^2 / (2 s^2) + logsumexp_b[log p_b - (pred - c_b)^2 / (2 s^2)]) * 2 s^2 (detached), with
-    p_b the training label distribution over bins (empty bins contribute nothing)."""
+    p_b the training label distribution over bins (empty bins contribute nothing) and c_b the
+    label value of bin b (BalancedMSELoss: the bin's lower edge, k for integer ages, as in the
+    official code)."""
     p, t, w = _flat(pred, y, weight)
     c = bucket_centers.to(device=p.device, dtype=p.dtype)
     logp = torch.log(bucket_weights.to(device=p.device, dtype=p.dtype))
@@ -200,7 +202,8 @@ class BalancedMSELoss(torch.nn.Module):
         init_noise_sigma: initial noise std s (noise_var = s^2).
         learn_sigma: s is a parameter (give it to the optimiser, as in the paper) or a constant.
         gmm: dict of means / variances / weights (see fit_gmm); fitted from train_labels if None.
-        bins, train_labels: the LabelBins and training labels for GAI fitting / BNI histogram.
+        bins, train_labels: the LabelBins and training labels for GAI fitting / BNI histogram
+            (BNI prior: weight count_b / total at the label value y_min + b * bin_width).
         n_components: GMM components fitted for GAI.
     """
 
@@ -228,8 +231,11 @@ class BalancedMSELoss(torch.nn.Module):
         if mode == "bni":
             if bins is None or train_labels is None:
                 raise ValueError("mode='bni' needs bins and train_labels (the label histogram)")
+            # The prior sits on the label values k (each bin's lower edge y_min + k * width, the
+            # integer ages of the official code), not on the bin centres k + 0.5.
             counts = bins.counts(train_labels).astype(np.float64)
-            self.register_buffer("bucket_centers", torch.as_tensor(bins.centers(), dtype=torch.float32))
+            self.register_buffer("bucket_centers", torch.as_tensor(bins.edges()[:-1],
+                                                                   dtype=torch.float32))
             self.register_buffer("bucket_weights", torch.as_tensor(counts / counts.sum(),
                                                                    dtype=torch.float32))
 

@@ -74,6 +74,28 @@ def test_gai_and_bni_formulas():
     assert float(bni_loss(p, y, s2, centers, pw)) == pytest.approx(tot / 10 * 3.0, rel=1e-10)
 
 
+def test_bni_prior_sits_on_labels_k_as_official():
+    """BalancedMSE's imdb-wiki-dir `get_bucket_info`, transcribed: bucket_centers = the integer
+    labels k, bucket_weights = count_k / total. The module's BNI loss equals bni_loss on that
+    prior (and not on the bin centres k + 0.5)."""
+    ages = np.array([20, 20, 21, 23, 23, 23, 40.7, 0.2])
+    counts = {k: 0 for k in range(121)}
+    for a in ages:
+        counts[int(a)] += 1
+    centers = torch.tensor([float(k) for k in counts], dtype=torch.float64)
+    weights = torch.tensor([v for v in counts.values()], dtype=torch.float64) / len(ages)
+    mod = BalancedMSELoss("bni", init_noise_sigma=1.3, learn_sigma=False, bins=LabelBins.dir_age(),
+                          train_labels=ages).double()
+    torch.testing.assert_close(mod.bucket_centers, centers)
+    torch.testing.assert_close(mod.bucket_weights, weights)
+    p = torch.tensor([[19.6], [22.4], [30.0]], dtype=torch.float64)
+    y = torch.tensor([[20.0], [23.0], [41.0]], dtype=torch.float64)
+    s2 = torch.tensor(1.3 ** 2, dtype=torch.float64)
+    ref = bni_loss(p, y, s2, centers, weights)
+    torch.testing.assert_close(mod(p, y), ref)
+    assert abs(float(bni_loss(p, y, s2, centers + 0.5, weights)) - float(ref)) > 1e-3
+
+
 def test_fit_gmm_recovers_mixture():
     rng = np.random.default_rng(0)
     y = np.concatenate([rng.normal(20, 2, 3000), rng.normal(60, 5, 1000)])
