@@ -2,7 +2,10 @@
 
 A test pair (pred, y) falls in bin b = LabelBins.index(y); its *shot group* is decided by the
 number of TRAINING labels in b:  many if n_train(b) > many_thr (100), few if n_train(b) < few_thr
-(20), medium otherwise. Over the test pairs P of a group (never averaged over bins first):
+(20), medium otherwise (the age data sets). Or the groups are fixed lists of bins, `shot_bins`:
+NYUD2-DIR uses the official lists of 0.1 m depth buckets (`NYUD2_SHOT_BUCKETS`, converted to a
+data set's bins by `nyud2_shot_bins`), since per-pixel counts make every bucket "many".
+Over the test pairs P of a group (never averaged over bins first):
 
     mae  = sum|e| / |P|          mse = sum e^2 / |P|          rmse = sqrt(mse)
     gm   = exp(sum log max(|e|, floor) / |P|)     (geometric mean; floor 1e-8 keeps a zero error
@@ -29,10 +32,58 @@ from .ops.bin_reduce import (COUNT, DEFAULT_FLOOR, N_DELTA1, N_DELTA2, N_DELTA3,
                              N_NONFINITE, N_OUT_OF_RANGE, NUM_COLUMNS, SUM_ABS, SUM_ABSREL,
                              SUM_LOG10, SUM_LOG_ABS, SUM_SQ, bin_reduce)
 
-__all__ = ["BinnedMetrics", "shot_metrics", "balanced_pixel_mask", "plot_per_bin", "GROUPS"]
+__all__ = ["BinnedMetrics", "shot_metrics", "balanced_pixel_mask", "plot_per_bin", "GROUPS",
+           "NYUD2_SHOT_BUCKETS", "nyud2_shot_bins", "check_shot_bins"]
 
 GROUPS = ("all", "many", "medium", "few")
 _GROUP_CODE = {"many": 0, "medium": 1, "few": 2}
+
+# nyud2-dir util.py `Evaluator.shot_idx`: depth bucket k = [0.1 k, 0.1 (k + 1)) m, int(depth * 10)
+# capped at 99.
+NYUD2_SHOT_BUCKETS = {
+    "many": [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
+             31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 47, 49],
+    "medium": [7, 8, 46, 48, 50, 51, 52, 53, 54, 55, 56, 58, 60, 61, 63],
+    "few": [0, 1, 2, 3, 4, 5, 6, 57, 59, 62, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77,
+            78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99],
+}
+
+
+def nyud2_shot_bins(bins):
+    """The official NYUD2 shot groups as bin indices of `bins` (0.1 m wide): bucket k is the bin
+    whose lower edge is 0.1 k m. Buckets outside the bins are dropped (ssir_fast's NYUD2 bins
+    start at bucket 7, 0.7 m; the balanced test pixels lie inside them)."""
+    if abs(bins.bin_width - 0.1) > 1e-9:
+        raise ValueError(f"the NYUD2 shot buckets are 0.1 m wide; these bins are {bins.bin_width}")
+    out = {}
+    for name, buckets in NYUD2_SHOT_BUCKETS.items():
+        idx = [int(round(k - bins.y_min / 0.1)) for k in buckets]
+        out[name] = [b for b in idx if 0 <= b < bins.num_bins]
+    return out
+
+
+def check_shot_bins(shot_bins, num_bins, name="shot_bins"):
+    """{"many"|"medium"|"few": [bin index, ...]} validated: known group names, integer indices in
+    [0, num_bins), no bin in two groups. Returns a dict of int lists (missing groups empty)."""
+    if not isinstance(shot_bins, dict):
+        raise ValueError(f"{name} must be a dict of group -> bin indices, got "
+                         f"{type(shot_bins).__name__}")
+    unknown = sorted(set(shot_bins) - set(_GROUP_CODE))
+    if unknown:
+        raise ValueError(f"{name}: unknown group(s) {unknown}; use many, medium, few")
+    out, owner = {}, {}
+    for group in _GROUP_CODE:
+        idx = list(shot_bins.get(group) or [])
+        for b in idx:
+            if isinstance(b, bool) or not isinstance(b, (int, np.integer)):
+                raise ValueError(f"{name}[{group!r}]: bin indices must be integers, got {b!r}")
+            if not 0 <= b < num_bins:
+                raise ValueError(f"{name}[{group!r}]: bin {b} is outside [0, {num_bins})")
+            if b in owner and owner[b] != group:
+                raise ValueError(f"{name}: bin {b} is in both {owner[b]!r} and {group!r}")
+            owner[int(b)] = group
+        out[group] = sorted({int(b) for b in idx})
+    return out
 BASE_KEYS = ("mae", "mse", "rmse", "gm", "bmae", "count")
 DEPTH_KEYS = ("delta1", "delta2", "delta3", "absrel", "log10")
 
@@ -57,6 +108,8 @@ class BinnedMetrics:
         train_labels: the training labels, to count training samples per bin (or give
             `train_counts`, one count per bin). Without either only the "all" group is reported.
         many_thr, few_thr: shot-group thresholds on the training count (many > 100, few < 20).
+        shot_bins: fixed groups instead of thresholds: {"many"|"medium"|"few": [bin index, ...]}
+            (e.g. `nyud2_shot_bins(bins)`); bins in no list belong to no group.
         depth: also report delta1/2/3, absrel and log10 (positive targets).
         floor: floor of |e| for the GM log, and of p and y in the ratio metrics.
         allow_nonfinite: count and skip NaN/inf pairs instead of raising (reported as
@@ -69,13 +122,19 @@ class BinnedMetrics:
     """
 
     def __init__(self, y_min=None, bin_width=None, num_bins=None, train_labels=None, *,
-                 train_counts=None, bins=None, many_thr=100, few_thr=20, depth=False,
-                 floor=DEFAULT_FLOOR, allow_nonfinite=False, device=None):
+                 train_counts=None, bins=None, many_thr=100, few_thr=20, shot_bins=None,
+                 depth=False, floor=DEFAULT_FLOOR, allow_nonfinite=False, device=None):
         self.bins = _as_bins(bins, y_min, bin_width, num_bins, train_labels)
+        for name, v in (("many_thr", many_thr), ("few_thr", few_thr)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
         if few_thr > many_thr + 1:
             raise ValueError(f"few_thr must be <= many_thr + 1, got few_thr={few_thr} and "
                              f"many_thr={many_thr}")
         self.many_thr, self.few_thr = many_thr, few_thr
+        self.shot_bins = (None if shot_bins is None
+                          else check_shot_bins(shot_bins, self.bins.num_bins))
         self.depth, self.floor, self.allow_nonfinite = bool(depth), float(floor), allow_nonfinite
         B = self.bins.num_bins
         if train_counts is not None:
@@ -96,6 +155,7 @@ class BinnedMetrics:
         """Forget every update (the bins and training counts stay)."""
         self._table = None     # local [num_bins, 12] float64 sums
         self._reduced = None   # the all-reduced table, valid until the next update
+        self._far = None       # [count, min, max] of targets far outside the bins (on device)
 
     def _zeros(self, device):
         return torch.zeros(self.bins.num_bins, NUM_COLUMNS, dtype=torch.float64, device=device)
@@ -135,7 +195,25 @@ class BinnedMetrics:
             self._table = self._zeros(self.device or part.device)
         self._table += part.to(self._table.device)
         self._reduced = None
+        self._track_far(target.detach(), mask)
         return self
+
+    def _track_far(self, target, mask):
+        """Count targets far outside the bins (LabelBins.far_limits) without a host sync; the
+        warning comes from compute()."""
+        lo, hi = self.bins.far_limits()
+        t = target.double()
+        far = (t < lo) | (t > hi)
+        if mask is not None:
+            far &= mask.to(torch.bool)
+        inf = torch.tensor(math.inf, dtype=torch.float64, device=t.device)
+        stats = torch.stack([far.sum().double(), torch.where(far, t, inf).amin(),
+                             torch.where(far, t, -inf).amax()])
+        if self._far is None:
+            self._far = stats
+        else:
+            self._far = torch.stack([self._far[0] + stats[0], torch.minimum(self._far[1], stats[1]),
+                                     torch.maximum(self._far[2], stats[2])])
 
     def all_reduce(self, group=None):
         """Sum the per-bin tables of all ranks (torch.distributed, when initialised; otherwise a
@@ -161,7 +239,7 @@ class BinnedMetrics:
                 "y_min": self.bins.y_min, "bin_width": self.bins.bin_width,
                 "num_bins": self.bins.num_bins,
                 "train_counts": None if self.train_counts is None else self.train_counts.tolist(),
-                "many_thr": self.many_thr, "few_thr": self.few_thr}
+                "many_thr": self.many_thr, "few_thr": self.few_thr, "shot_bins": self.shot_bins}
 
     def load_state_dict(self, state):
         for key in ("y_min", "bin_width", "num_bins"):
@@ -172,6 +250,8 @@ class BinnedMetrics:
             self.train_counts = np.asarray(state["train_counts"], dtype=np.int64)
         self.many_thr, self.few_thr = state.get("many_thr", self.many_thr), state.get("few_thr",
                                                                                       self.few_thr)
+        if state.get("shot_bins") is not None:
+            self.shot_bins = check_shot_bins(state["shot_bins"], self.bins.num_bins)
         table = state["table"]
         self._table = None if table is None else table.to(torch.float64).to(self.device or "cpu")
         self._reduced = None
@@ -179,7 +259,13 @@ class BinnedMetrics:
 
     # ---- results ----------------------------------------------------------------------------
     def groups(self):
-        """Shot group of each bin: an int array (0 many, 1 medium, 2 few), or None."""
+        """Shot group of each bin: an int array (0 many, 1 medium, 2 few, -1 none), or None
+        (no training counts and no shot_bins)."""
+        if self.shot_bins is not None:
+            g = np.full(self.bins.num_bins, -1)
+            for name, code in _GROUP_CODE.items():
+                g[self.shot_bins[name]] = code
+            return g
         if self.train_counts is None:
             return None
         c = self.train_counts
@@ -210,6 +296,9 @@ class BinnedMetrics:
         """{"all"|"many"|"medium"|"few": {metric: float}, "per_bin": {column: np.ndarray},
         "n_floored", "n_out_of_range", "n_nonfinite"}. Can be called any number of times."""
         t = self.table.detach().cpu().numpy()
+        if self._far is not None:
+            n, lo, hi = self._far.tolist()
+            self.bins.warn_far_outside(lo, hi, int(n), "test targets", stacklevel=2)
         res = {"all": self._summary(t, "all")}
         groups = self.groups()
         if groups is not None:
@@ -228,8 +317,8 @@ class BinnedMetrics:
             cols = {"bin_lo": self.bins.edges()[:-1], "bin_hi": self.bins.edges()[1:],
                     "train_count": (self.train_counts if self.train_counts is not None
                                     else np.full(len(n), -1)),
-                    "group": (np.array(["many", "medium", "few"])[groups] if groups is not None
-                              else np.array([""] * len(n))),
+                    "group": (np.array(["many", "medium", "few", ""])[groups]
+                              if groups is not None else np.array([""] * len(n))),
                     "count": n.astype(np.int64), "mae": t[:, SUM_ABS] / safe,
                     "mse": t[:, SUM_SQ] / safe, "rmse": np.sqrt(t[:, SUM_SQ] / safe),
                     "gm": np.exp(t[:, SUM_LOG_ABS] / safe)}
@@ -258,7 +347,7 @@ class BinnedMetrics:
         doc["per_bin"] = {k: [_cell(x) for x in v] for k, v in res["per_bin"].items()}
         doc["bins"] = {"y_min": self.bins.y_min, "bin_width": self.bins.bin_width,
                        "num_bins": self.bins.num_bins, "many_thr": self.many_thr,
-                       "few_thr": self.few_thr}
+                       "few_thr": self.few_thr, "shot_bins": self.shot_bins}
         with open(path, "w") as f:
             json.dump(doc, f, indent=1)
         return path
@@ -309,8 +398,8 @@ def plot_per_bin(result, path, title=None, metric="mae"):
 
 
 def shot_metrics(pred, target, train_labels, y_min=None, bin_width=1.0, num_bins=None, *,
-                 mask=None, many_thr=100, few_thr=20, depth=False, floor=DEFAULT_FLOOR,
-                 allow_nonfinite=False):
+                 mask=None, many_thr=100, few_thr=20, shot_bins=None, depth=False,
+                 floor=DEFAULT_FLOOR, allow_nonfinite=False):
     """One-shot `BinnedMetrics`: the DIR group metrics of (pred, target) in one call.
 
     Without y_min/num_bins the bins are derived from train_labels (LabelBins.from_labels)."""
@@ -318,7 +407,8 @@ def shot_metrics(pred, target, train_labels, y_min=None, bin_width=1.0, num_bins
             if y_min is not None and num_bins is not None
             else LabelBins.from_labels(train_labels, bin_width, y_min))
     m = BinnedMetrics(bins=bins, train_labels=train_labels, many_thr=many_thr, few_thr=few_thr,
-                      depth=depth, floor=floor, allow_nonfinite=allow_nonfinite)
+                      shot_bins=shot_bins, depth=depth, floor=floor,
+                      allow_nonfinite=allow_nonfinite)
     return m.update(pred, target, mask=mask).compute()
 
 

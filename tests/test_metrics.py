@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ssir_fast.imbalance import LabelBins
-from ssir_fast.metrics import BinnedMetrics, balanced_pixel_mask, plot_per_bin, shot_metrics
+from ssir_fast.metrics import (NYUD2_SHOT_BUCKETS, BinnedMetrics, balanced_pixel_mask,
+                               nyud2_shot_bins, plot_per_bin, shot_metrics)
 from ssir_fast.reference import dir_shot_metrics_numpy
 
 KEYS = ("mae", "mse", "rmse", "gm", "bmae", "count")
@@ -247,3 +248,95 @@ def test_all_reduce_across_two_gloo_processes(tmp_path):
         for g in ("all", "few"):
             for k in KEYS:
                 assert got[g][k] == pytest.approx(ref[g][k], rel=1e-12)
+
+
+# ---- shot groups from fixed bin lists (NYUD2) --------------------------------------------------
+
+def _official_nyud2_shots(output, depth):
+    """nyud2-dir util.py Evaluator.evaluate_shot, transcribed (MAE, RMSE, DELTA1 and NUM per shot):
+    bucket = min(int(d * float32(10)), 99), a test pixel's group from the shot_idx lists."""
+    shot_idx = NYUD2_SHOT_BUCKETS
+    bucket = np.array([min(int(v * np.float32(10)), 99) for v in depth])
+    out = {}
+    for shot in ("many", "medium", "few"):
+        mask = np.isin(bucket, shot_idx[shot])
+        o, d = output[mask].astype(np.float64), depth[mask].astype(np.float64)
+        diff = np.abs(o - d)
+        ratio = np.maximum(o / d, d / o)
+        out[shot] = {"mae": diff.mean(), "rmse": np.sqrt((diff ** 2).mean()),
+                     "delta1": (ratio < 1.25).mean(), "count": int(mask.sum())}
+    return out
+
+
+def test_nyud2_shot_groups_match_official_lists():
+    bins = LabelBins(0.7, 0.1, 93)
+    rng = np.random.default_rng(0)
+    bucket = rng.integers(7, 100, 20_000)
+    depth = ((bucket + rng.uniform(0.05, 0.95, bucket.size)) / 10).astype(np.float32)
+    pred = (depth * rng.uniform(0.7, 1.3, depth.size)).astype(np.float32)
+    # per-pixel training counts would put every bin in "many": the lists must win
+    train_counts = np.full(93, 10**7)
+    res = BinnedMetrics(bins=bins, train_counts=train_counts, depth=True,
+                        shot_bins=nyud2_shot_bins(bins)).update(
+        torch.from_numpy(pred), torch.from_numpy(depth)).compute()
+    ref = _official_nyud2_shots(pred, depth)
+    for shot in ("many", "medium", "few"):
+        assert res[shot]["count"] == ref[shot]["count"] > 0
+        for k in ("mae", "rmse", "delta1"):
+            assert res[shot][k] == pytest.approx(ref[shot][k], rel=1e-9), (shot, k)
+    assert set(res["per_bin"]["group"]) == {"many", "medium", "few"}
+
+
+def test_nyud2_shot_bins_conversion():
+    sb = nyud2_shot_bins(LabelBins(0.7, 0.1, 93))
+    assert sb["many"][:3] == [2, 3, 4] and sb["medium"][:2] == [0, 1]
+    assert sb["few"][0] == 50 and sb["few"][-1] == 92          # bucket 57 .. bucket 99
+    assert sorted(sb["many"] + sb["medium"] + sb["few"]) == list(range(93))
+    with pytest.raises(ValueError, match="0.1 m"):
+        nyud2_shot_bins(LabelBins(0, 1, 10))
+
+
+def test_shot_bins_equal_thresholds_when_they_agree():
+    train, test, pred = agedb_like()
+    counts = LabelBins.dir_age().counts(train)
+    lists = {"many": np.nonzero(counts > 100)[0].tolist(),
+             "medium": np.nonzero((counts >= 20) & (counts <= 100))[0].tolist(),
+             "few": np.nonzero(counts < 20)[0].tolist()}
+    a = shot_metrics(pred, test, train, y_min=0, num_bins=121)
+    b = shot_metrics(pred, test, train, y_min=0, num_bins=121, shot_bins=lists)
+    assert_close(a, b, rtol=1e-12)
+
+
+def test_bins_in_no_group_and_state_dict():
+    m = BinnedMetrics(y_min=0, bin_width=1, num_bins=4, shot_bins={"many": [0], "few": [3]})
+    m.update(torch.tensor([0.5, 1.5, 2.5, 3.0]), torch.tensor([0.5, 1.5, 2.5, 3.5]))
+    with pytest.warns(RuntimeWarning, match="'medium' group"):
+        res = m.compute()
+    assert res["many"]["count"] == 1 and res["few"]["count"] == 1 and res["all"]["count"] == 4
+    assert list(res["per_bin"]["group"]) == ["many", "", "", "few"]
+    m2 = BinnedMetrics(y_min=0, bin_width=1, num_bins=4).load_state_dict(m.state_dict())
+    assert m2.shot_bins == m.shot_bins
+
+
+@pytest.mark.parametrize("shot_bins,match", [
+    ({"many": [0], "rare": [1]}, "unknown group"),
+    ({"many": [0, 5]}, "outside"),
+    ({"many": [0, 1], "few": [1]}, "both"),
+    ({"many": [0.5]}, "integers"),
+    ([0, 1], "dict"),
+])
+def test_bad_shot_bins(shot_bins, match):
+    with pytest.raises(ValueError, match=match):
+        BinnedMetrics(y_min=0, bin_width=1, num_bins=4, shot_bins=shot_bins)
+
+
+@pytest.mark.parametrize("bad", [-5.0, 1e9])
+def test_test_targets_far_outside_warn(bad):
+    m = BinnedMetrics(bins=LabelBins.dir_age())
+    m.update(torch.tensor([20.0, bad]), torch.tensor([20.0, bad]))
+    with pytest.warns(UserWarning, match="1 test targets lie far outside"):
+        m.compute()
+    ok = BinnedMetrics(bins=LabelBins.dir_age()).update(torch.tensor([130.0]), torch.tensor([186.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ok.compute()
