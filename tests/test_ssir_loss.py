@@ -382,3 +382,60 @@ def test_bf16_perturbation_passes_with_fp32_model():
 def test_bad_fast_mode_options(kwargs, words):
     with pytest.raises(ValueError, match=words):
         SSIRLoss(**kwargs)
+
+
+# ---- the SSIR flags of `ssir-fast train` ---------------------------------------------------
+
+@pytest.mark.parametrize("flags, expect", [
+    (["--epsilon", "0"], dict(epsilon=0.0, n_steps=2, subset=None, perturb_autocast=None)),
+    (["--epsilon", "auto", "--ssir-rho", "0.25", "--ssir-eps-max", "2"],
+     dict(epsilon="auto", rho=0.25, eps_max=2.0)),
+    (["--n-steps", "1", "--ssir-subset", "0.5", "--ssir-bf16"],
+     dict(n_steps=1, subset=0.5, perturb_autocast=torch.bfloat16)),
+], ids=["eps0", "auto", "fast"])
+def test_train_cli_flags_reach_the_loss_and_log_diagnostics(flags, expect, tmp_path, monkeypatch):
+    import json
+    import os
+    from ssir_fast.cli import main
+    from ssir_fast.train import trainer as T
+    seen = {}
+    real_setup = T.Trainer._setup
+
+    def setup(self):
+        real_setup(self)
+        seen["loss"], seen["counts"] = self.ssir, self.train_counts
+    monkeypatch.setattr(T.Trainer, "_setup", setup)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = str(tmp_path / "run")
+        assert main(["train", "--data", "two_gaussians", "--ratio", "4", "--epochs", "2",
+                     "--batch-size", "256", "--no-progress", "--ssir", *flags, "--out", out]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for k, v in expect.items():
+        assert getattr(seen["loss"], k) == v, k
+    # the subset draw weights: 1 / training count of each label bin
+    counts = torch.as_tensor(seen["counts"], dtype=torch.float64)
+    assert torch.equal(seen["loss"].bin_rarity, 1 / counts.clamp(min=1))
+    hist = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    for h in hist:
+        assert 0 <= h["similarity"] <= 1 and h["perturbation"] >= 0 and h["output_change"] >= 0
+    if flags[1] == "0":
+        assert all(h["perturbation"] == 0 and h["output_change"] == 0 for h in hist)
+    else:
+        assert all(h["perturbation"] > 0 for h in hist)
+    assert os.path.isfile(os.path.join(out, "similarity.png"))
+
+
+def test_train_cli_rejects_bad_ssir_flags(capsys):
+    from ssir_fast.cli import main
+    for flags, words in [(["--ssir-rho", "2"], "--ssir-rho must be in"),
+                         (["--ssir-subset", "0"], "--ssir-subset must be in"),
+                         (["--ssir-eps-max", "-1"], "--ssir-eps-max must be > 0"),
+                         (["--epsilon", "-1"], "--epsilon must be >= 0")]:
+        assert main(["train", "--data", "two_gaussians", "--ssir", *flags]) == 2
+        assert words in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "two_gaussians", "--ssir", "--epsilon", "large"])
+    assert "expected a float or 'auto', got 'large'" in capsys.readouterr().err

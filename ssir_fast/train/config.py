@@ -16,6 +16,9 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from ..imbalance import LabelBins
+from ..metrics import nyud2_shot_bins
+
 __all__ = ["TrainConfig", "ConfigError", "PRESETS", "LOSSES", "load_config_file", "add_arguments",
            "make_config", "validate", "describe"]
 
@@ -77,6 +80,9 @@ class TrainConfig:
     lds_kernel: str = _f("gaussian", "LDS kernel", ("gaussian", "triang", "laplace"), "method")
     lds_ks: int = _f(5, "LDS kernel size (odd)", group="method", flag_type=int)
     lds_sigma: float = _f(2.0, "LDS kernel sigma", group="method", flag_type=float)
+    lds_int_counts: bool = _f(False, "INV + LDS: truncate the smoothed counts to integers as the "
+                              "official DIR code does (its weights differ from the exact ones by "
+                              "2-8%%)", group="method")
     # FDS
     fds: bool = _f(False, "feature distribution smoothing", group="method")
     fds_kernel: str = _f("gaussian", "FDS kernel", ("gaussian", "triang", "laplace"), "method")
@@ -108,9 +114,20 @@ class TrainConfig:
     ssir: bool = _f(False, "SSIR consistency loss", group="ssir")
     lam: Optional[float] = _f(None, "SSIR lambda (default 0.1; nyud2 1.0)", group="ssir",
                               flag_type=float)
-    epsilon: Optional[float] = _f(None, "SSIR perturbation radius (default 1e-3; nyud2 5e-4)",
-                                  group="ssir", flag_type=float)
-    n_steps: int = _f(2, "SSIR adversarial steps", group="ssir", flag_type=int)
+    epsilon: Optional[float] = _f(None, "SSIR perturbation radius (default 1e-3; nyud2 5e-4); 0 "
+                                  "= output noise only (ablation); auto = eps_i = rho * delta / "
+                                  "||grad_x D_i|| per sample", group="ssir", flag_type="eps")
+    ssir_rho: float = _f(0.5, "auto-epsilon: first-order output change as a fraction of delta, in "
+                         "(0, 1]", group="ssir", flag_type=float)
+    ssir_eps_max: Optional[float] = _f(None, "auto-epsilon: cap on the per-sample radius",
+                                       group="ssir", flag_type=float)
+    n_steps: int = _f(2, "SSIR adversarial steps (1: fast mode, one forward and one input "
+                      "backward fewer)", group="ssir", flag_type=int)
+    ssir_subset: Optional[float] = _f(None, "fast mode: consistency term on this fraction of each "
+                                      "batch, drawn in proportion to rarity (1 / bin count)",
+                                      group="ssir", flag_type=float)
+    ssir_bf16: bool = _f(False, "fast mode: the direction-finding passes (steps 2..n) under bf16 "
+                         "autocast when the model trains in fp32", group="ssir")
     ssir_target: str = _f("noisy", "SSIR target", ("noisy", "clean"), "ssir")
     ssir_distance: str = _f("auto", "SSIR distance (auto: follows the loss)",
                             ("auto", "l1", "mse", "huber"), "ssir")
@@ -137,6 +154,18 @@ class TrainConfig:
     threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's; 1 for the small "
                                 "default model, which gains little from more and suffers most on "
                                 "busy cores)", flag_type=int)
+    # evaluation: shot groups by training count thresholds, or by fixed lists of bins
+    many_thr: float = _f(100, "many-shot: more than this many training labels in the bin",
+                         group="evaluation", flag_type=float)
+    few_thr: float = _f(20, "few-shot: fewer than this many training labels in the bin",
+                        group="evaluation", flag_type=float)
+    many_bins: Optional[list] = _f(None, "many-shot bins as a list of bin indices, e.g. 2-38,40 "
+                                   "(replaces the thresholds; nyud2: the official lists)",
+                                   group="evaluation", flag_type="ranges")
+    medium_bins: Optional[list] = _f(None, "medium-shot bin indices (see --many-bins)",
+                                     group="evaluation", flag_type="ranges")
+    few_bins: Optional[list] = _f(None, "few-shot bin indices (see --many-bins)",
+                                  group="evaluation", flag_type="ranges")
     # output
     out: Optional[str] = _f(None, "run folder (default runs/<data>-<method>-s<seed>)", group="output")
     resume: bool = _f(False, "continue the run in --out from its last checkpoint", group="output")
@@ -178,7 +207,8 @@ PRESETS = {
                       weight_decay=0.0, schedule="multistep", milestones=[60, 80], loss="l1"),
     "nyud2": dict(model="depthnet", epochs=20, batch_size=32, lr=1e-4, weight_decay=1e-4,
                   schedule="step", step_size=5, loss="mse", lam=1.0, epsilon=5e-4,
-                  fds_clip=[0.2, 5.0]),
+                  fds_clip=[0.2, 5.0], **{f"{g}_bins": b for g, b in nyud2_shot_bins(
+                      LabelBins(0.7, 0.1, 93)).items()}),
     "two_gaussians": dict(standardize_target=True, model="mlp", width=128, epochs=200,
                           batch_size=256, lr=1e-3,
                           weight_decay=5e-5, schedule="none", loss="mse"),
@@ -212,14 +242,23 @@ def load_config_file(path):
                 raise ConfigError("reading TOML configs needs Python >= 3.11 or `pip install "
                                   "tomli`") from None
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            try:
+                doc = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"{path}: TOML syntax error: {e}") from None
     elif ext in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError:
             raise ConfigError("reading YAML configs needs `pip install pyyaml`") from None
         with open(path) as f:
-            doc = yaml.safe_load(f) or {}
+            try:
+                doc = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
     else:
         raise ConfigError(f"--config must be a .yaml, .yml or .toml file, got {path}")
     if not isinstance(doc, dict):
@@ -230,7 +269,10 @@ def load_config_file(path):
     unknown = sorted(set(doc) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"{path}: unknown option(s) {unknown}")
-    return doc
+    try:
+        return {k: coerce_value(k, v) for k, v in doc.items()}
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def _list_of(kind):
@@ -241,6 +283,24 @@ def _list_of(kind):
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of "
                                              f"{kind.__name__}, got {text!r}") from None
     return parse
+
+
+def _ranges(text):
+    """'2-5,9,11-12' -> [2, 3, 4, 5, 9, 11, 12] (bin indices; ranges inclusive)."""
+    out = []
+    for item in str(text).replace(" ", "").split(","):
+        if not item:
+            continue
+        lo, sep, hi = item.partition("-")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected bin indices like 2-5,9, got {text!r}") \
+                from None
+        if b < a:
+            raise argparse.ArgumentTypeError(f"empty range {item!r} in {text!r}")
+        out += range(a, b + 1)
+    return out
 
 
 def _auto(v):
@@ -264,6 +324,16 @@ def _kv(text):
     return out
 
 
+def _epsilon(text):
+    """--epsilon: a float or 'auto'."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float or 'auto', got {text!r}") from None
+
+
 def add_arguments(parser):
     """Add one flag per TrainConfig field (defaults suppressed, so only given flags are set)."""
     groups = {}
@@ -282,8 +352,12 @@ def add_arguments(parser):
             kw["type"] = _list_of(int)
         elif t == "floats":
             kw["type"] = _list_of(float)
+        elif t == "ranges":
+            kw["type"] = _ranges
         elif t == "kv":
             kw["type"] = _kv
+        elif t == "eps":
+            kw["type"] = _epsilon
         elif t is not None:
             kw["type"] = t
         if md["choices"]:
@@ -293,12 +367,64 @@ def add_arguments(parser):
     return parser
 
 
+def _integral(v):
+    """An int from an int, an integral float (2.0, 1e3) or a string of one; else ValueError."""
+    if isinstance(v, str):
+        v = v.strip()
+        try:
+            return int(v)
+        except ValueError:
+            v = float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError
+    if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+        raise ValueError
+    return int(v)
+
+
+def _strict(name, value, t, is_bool):
+    """Refuse values that a plain conversion would change silently: epochs 1.9 or true, lds: 2,
+    a bool where a number belongs, a mapping where a scalar belongs."""
+    kinds = {int: "an integer", float: "a number", "ints": "a list of integers",
+             "floats": "a list of numbers", "ranges": "bin indices (a list or '2-5,9')"}
+    kind = "true or false" if is_bool else kinds.get(t)
+    if kind is None:
+        return
+    bad = ConfigError(f"option {name}: expected {kind}, got {value!r} "
+                      f"({type(value).__name__})")
+    if is_bool:
+        ok = isinstance(value, (bool, str)) or (isinstance(value, int) and value in (0, 1))
+    elif t in ("ints", "floats", "ranges"):
+        if isinstance(value, str):
+            return   # parsed, and checked, by the list conversion
+        ok = isinstance(value, (list, tuple))
+        if ok:
+            for v in value:
+                _strict(name, v, float if t == "floats" else int, False)
+    else:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float, str))
+        if ok and t is int:
+            try:
+                _integral(value)
+            except (TypeError, ValueError):
+                ok = False
+    if not ok:
+        raise bad
+
+
 def coerce_value(name, value):
-    """Config-file values to the field's type (e.g. '1e-3' strings from YAML)."""
+    """Config-file values to the field's type (e.g. '1e-3' strings from YAML). Values a plain
+    conversion would change (1.9 or true for an integer option) are a ConfigError."""
     f = _FIELDS[name]
     if value is None:
         return None
     t = f.metadata["type"]
+    _strict(name, value, t, isinstance(f.default, bool) or t == "bool")
+    if t == "ranges":
+        try:
+            return _ranges(value) if isinstance(value, str) else [_integral(v) for v in value]
+        except argparse.ArgumentTypeError as e:
+            raise ConfigError(f"option {name}: {e}") from None
     try:
         if isinstance(f.default, bool) or t == "bool":
             if isinstance(value, str):
@@ -308,6 +434,8 @@ def coerce_value(name, value):
                     return False
                 raise ValueError
             return bool(value)
+        if t == "eps":
+            return _epsilon(value) if isinstance(value, str) else float(value)
         if t == "kv":
             if isinstance(value, str):
                 return _kv(value)
@@ -318,10 +446,9 @@ def coerce_value(name, value):
             kind = int if t == "ints" else float
             if isinstance(value, str):
                 return _list_of(kind)(value)
-            return [kind(v) for v in value]
+            return [_integral(v) if kind is int else kind(v) for v in value]
         if t in (int, float):
-            v = t(value) if not isinstance(value, str) else t(float(value)) if t is int else t(value)
-            return v
+            return _integral(value) if t is int else float(value)
     except (TypeError, ValueError, argparse.ArgumentTypeError):
         raise ConfigError(f"option {name}: cannot read {value!r} as "
                           f"{getattr(t, '__name__', t) if t else 'bool'}") from None
@@ -339,7 +466,12 @@ def make_config(cli=None, file_values=None, validate_now=True):
     data = given.get("data", "default")
     if data not in PRESETS:
         raise ConfigError(f"--data must be one of {list(DATASETS)}, got {data!r}")
-    values = {**FALLBACK, **PRESETS[data], **given}
+    preset = dict(PRESETS[data])
+    if any(k in given for k in ("many_thr", "few_thr")) and not any(
+            k in given for k in ("many_bins", "medium_bins", "few_bins")):
+        for k in ("many_bins", "medium_bins", "few_bins"):   # thresholds given: they decide
+            preset.pop(k, None)
+    values = {**FALLBACK, **preset, **given}
     cfg = TrainConfig(**{k: v for k, v in values.items() if k in _FIELDS})
     if validate_now:
         validate(cfg)
@@ -361,7 +493,8 @@ def validate(cfg):
     for name in ("epochs", "batch_size", "n_steps", "lds_ks", "fds_ks", "smogn_k",
                  "gmm_components"):
         v = getattr(cfg, name)
-        need(isinstance(v, int) and v >= 1, f"--{name.replace('_', '-')} must be an integer >= 1, "
+        need(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+             f"--{name.replace('_', '-')} must be an integer >= 1, "
              f"got {v!r}")
     for name in ("lr", "bmse_sigma", "lds_sigma", "fds_sigma"):
         v = getattr(cfg, name)
@@ -369,14 +502,35 @@ def validate(cfg):
              f"--{name.replace('_', '-')} must be > 0, got {v!r}")
     for name in ("lam", "epsilon", "weight_decay", "gamma", "ranksim_gamma", "smogn_pert"):
         v = getattr(cfg, name)
+        if name == "epsilon" and v == "auto":
+            continue
         need(v is not None and math.isfinite(v) and v >= 0,
              f"--{name.replace('_', '-')} must be >= 0, got {v!r}")
     for name in ("lds_ks", "fds_ks"):
         v = getattr(cfg, name)
         need(not isinstance(v, int) or v % 2 == 1, f"--{name.replace('_', '-')} must be odd, got {v}")
+    need(0 < cfg.ssir_rho <= 1, f"--ssir-rho must be in (0, 1], got {cfg.ssir_rho}")
+    if cfg.ssir_eps_max is not None:
+        need(cfg.ssir_eps_max > 0, f"--ssir-eps-max must be > 0, got {cfg.ssir_eps_max}")
+    if cfg.ssir_subset is not None:
+        need(0 < cfg.ssir_subset <= 1, f"--ssir-subset must be in (0, 1], got {cfg.ssir_subset}")
     if cfg.ssir_bin_width is not None:
         need(cfg.ssir_bin_width > 0, f"--ssir-bin-width must be > 0, got {cfg.ssir_bin_width}")
     need(cfg.ratio >= 1, f"--ratio must be >= 1, got {cfg.ratio}")
+    for name in ("many_thr", "few_thr"):
+        v = getattr(cfg, name)
+        need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+             f"--{name.replace('_', '-')} must be a number >= 0, got {v!r}")
+    if all(isinstance(getattr(cfg, n), (int, float)) for n in ("many_thr", "few_thr")):
+        need(cfg.few_thr <= cfg.many_thr + 1, f"--few-thr must be <= --many-thr + 1, got "
+             f"{cfg.few_thr} and {cfg.many_thr}")
+    seen = {}
+    for group in ("many", "medium", "few"):
+        for b in getattr(cfg, f"{group}_bins") or []:
+            if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+                errs.append(f"--{group}-bins: bin indices must be integers >= 0, got {b!r}")
+            elif seen.setdefault(b, group) != group:
+                errs.append(f"--{group}-bins: bin {b} is also in --{seen[b]}-bins")
     # combinations
     if cfg.lds and cfg.reweight == "none":
         errs.append("--lds smooths the counts of a re-weighting scheme: add --reweight inverse or "
@@ -456,6 +610,10 @@ def describe(cfg):
     """One line naming the data, model and method."""
     extra = ""
     if cfg.ssir:
-        extra = f" (lam={cfg.lam}, eps={cfg.epsilon}, steps={cfg.n_steps})"
+        extra = f" (lam={cfg.lam}, eps={cfg.epsilon}, steps={cfg.n_steps}"
+        extra += f", rho={cfg.ssir_rho}" if cfg.epsilon == "auto" else ""
+        extra += f", subset={cfg.ssir_subset}" if cfg.ssir_subset is not None else ""
+        extra += ", bf16 perturbation" if cfg.ssir_bf16 else ""
+        extra += ")"
     return (f"data={cfg.data} model={cfg.model} loss={cfg.loss} method={cfg.method_name()}{extra} "
             f"epochs={cfg.epochs} batch={cfg.batch_size} lr={cfg.lr} seed={cfg.seed}")

@@ -2,8 +2,8 @@
 
 - per_bin_test.png: per-bin test MAE over the training label histogram (`ssir_fast.metrics`).
 - curves.png: training loss and validation MAE (all / many / medium / few) per epoch.
-- similarity.png: the SSIR similarity rate (Definition 1: fraction of samples with
-  D(f(x), f(x~)) < delta) per epoch.
+- similarity.png: the SSIR diagnostics per epoch: similarity rate (Definition 1: fraction of
+  samples with D(f(x), f(x~)) < delta), mean ||x~ - x|| / ||x|| and mean |f(x~) - f(x)| / dy.
 - `plot_perturbations`: a few inputs next to their SSIR-perturbed versions x~ for several epsilon
   (paper Figure 4); the perturbation r = x~ - x is shown amplified, since ||r||_2 <= epsilon.
 - `plot_sweep`: the parameter-study heat map (epsilon x lambda -> test MAE, paper Figure 3a).
@@ -48,13 +48,26 @@ def plot_curves(history, path):
 
 
 def plot_similarity(history, path):
+    """SSIR diagnostics per epoch: similarity rate, mean ||x~ - x|| / ||x|| (log scale) and mean
+    |f(x~) - f(x)| / dy (older histories without the last two show the rate alone)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
-    ax.plot([r["epoch"] for r in history], [r["similarity"] for r in history], "o-", ms=3)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("similarity rate")
-    ax.set_title("SSIR similarity rate (D(f(x), f(x~)) < delta)")
+    ep = [r["epoch"] for r in history]
+    panels = [("similarity", "similarity rate", "D(f(x), f(x~)) < delta")]
+    if "perturbation" in history[0]:
+        panels += [("perturbation", "||x~ - x|| / ||x||", "relative input change"),
+                   ("output_change", "|f(x~) - f(x)| / dy", "output change in bins")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), dpi=110,
+                             squeeze=False)
+    for ax, (key, label, title) in zip(axes[0], panels):
+        vals = [r[key] for r in history]
+        ax.plot(ep, vals, "o-", ms=3)
+        if key == "similarity":
+            ax.set_ylim(0, 1.02)
+        elif key == "perturbation" and all(v > 0 for v in vals):
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"SSIR: {title}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -231,9 +231,22 @@ class Trainer:
         self.ds, self.bins, self.train_labels = ds, ds.bins, train_labels
         self.depth = getattr(ds, "kind", None) == "depth"
         self.train_counts = self.bins.counts(train_labels)
-        from ..imbalance import bin_weights
+        from ..imbalance import DIR_RECIPES, bin_weights
+        # the official weighting of each code base: per-pixel depth counts are not clipped and
+        # LDS pads them by reflection (nyud2-dir); ages clip INV counts to [5, 1000]
+        recipe = DIR_RECIPES["depth" if self.depth else "age"]
         self.bin_w = (bin_weights(train_labels, self.bins, cfg.reweight, cfg.lds, cfg.lds_kernel,
-                                  cfg.lds_ks, cfg.lds_sigma) if cfg.reweight != "none" else None)
+                                  cfg.lds_ks, cfg.lds_sigma, lds_int_counts=cfg.lds_int_counts,
+                                  **recipe) if cfg.reweight != "none" else None)
+        lists = {g: getattr(cfg, f"{g}_bins") for g in ("many", "medium", "few")}
+        self.shot_bins = lists if any(v is not None for v in lists.values()) else None
+        if self.shot_bins is not None:
+            from ..metrics import check_shot_bins
+            try:
+                self.shot_bins = check_shot_bins(self.shot_bins, self.bins.num_bins,
+                                                 "--many/medium/few-bins")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         from ..data import make_loader
         per_rank = cfg.batch_size // env.world
         small = getattr(ds, "image_size", None) is None or max(ds.image_size) <= 32
@@ -278,7 +291,10 @@ class Trainer:
                 lo, hi = (torch.tensor(b) for b in ds.clip_bounds())
             self.ssir = SSIRLoss(cfg.ssir_bin_width or self.bins.bin_width, cfg.epsilon, cfg.lam,
                                  ssir_distance(cfg), cfg.n_steps, cfg.ssir_target, lo, hi,
-                                 base_loss=self.base_loss, validate=False)
+                                 base_loss=self.base_loss, validate=False, rho=cfg.ssir_rho,
+                                 eps_max=cfg.ssir_eps_max, subset=cfg.ssir_subset,
+                                 bins=self.bins, bin_counts=self.train_counts,
+                                 perturb_autocast=torch.bfloat16 if cfg.ssir_bf16 else None)
 
     def _optimizer(self, params):
         cfg = self.cfg
@@ -317,8 +333,9 @@ class Trainer:
         loader = self.train_loader
         loader.set_epoch(epoch)
         capture = (cfg.fds or cfg.ranksim) and not rrt
-        # loss, supervised, consistency, similarity summed on the device: no host sync per step
-        acc = torch.zeros(4, dtype=torch.float64, device=self.device)
+        # loss, supervised, consistency, similarity, ||x~-x||/||x||, |f(x~)-f(x)|/dy summed on
+        # the device: no host sync per step
+        acc = torch.zeros(6, dtype=torch.float64, device=self.device)
         zero = torch.zeros((), device=self.device)
         every = max(1, len(loader) // 50)
         n_batches, n_samples = 0, 0
@@ -348,10 +365,11 @@ class Trainer:
                         res = self.ssir(self.forward_model, x, y, weight=w)
                         loss, sup = res.loss, res.supervised
                         cons, sim = res.consistency, res.similarity
+                        moved, change = res.perturbation, res.output_change
                     else:
                         pred = self.forward_model(x)
                         sup = loss = self.base_loss(pred.float(), y.reshape(pred.shape), w)
-                        cons = sim = None
+                        cons = sim = moved = change = None
                     feats = model.features
                     if cfg.ranksim and not rrt:
                         from ..losses import ranksim
@@ -368,7 +386,9 @@ class Trainer:
                 n_samples += x.shape[0]
                 acc += torch.stack([loss.detach(), sup.detach(),
                                     zero if cons is None else cons.detach(),
-                                    zero if sim is None else sim.detach()]).double()
+                                    zero if sim is None else sim.detach(),
+                                    zero if moved is None else moved.detach(),
+                                    zero if change is None else change.detach()]).double()
                 if bar is not None:
                     if n_batches % every == 0 or n_batches == len(loader):
                         mean = (acc / n_batches).tolist()
@@ -392,12 +412,14 @@ class Trainer:
         if self.env.active:
             torch.distributed.all_reduce(stats)
         stats = stats.cpu()
-        nb = max(stats[4].item(), 1)
+        nb = max(stats[6].item(), 1)
         rec = {"train_loss": stats[0].item() / nb, "train_supervised": stats[1].item() / nb,
                "images_per_s": n_samples * self.env.world / dt, "epoch_time_s": dt}
         if self.ssir is not None and not rrt:
             rec["train_consistency"] = stats[2].item() / nb
             rec["similarity"] = stats[3].item() / nb
+            rec["perturbation"] = stats[4].item() / nb     # mean ||x~ - x|| / ||x||
+            rec["output_change"] = stats[5].item() / nb    # mean |f(x~) - f(x)| / dy
         if cfg.fds and not rrt:
             model.fds.end_epoch(epoch)   # sums the epoch statistics over ranks
         if self.env.active:
@@ -412,7 +434,8 @@ class Trainer:
         model.eval()
         # the table lives on the model's device: NCCL reduces CUDA tensors only
         m = BinnedMetrics(bins=self.bins, train_counts=self.train_counts, depth=self.depth,
-                          device=self.device)
+                          many_thr=self.cfg.many_thr, few_thr=self.cfg.few_thr,
+                          shot_bins=self.shot_bins, device=self.device)
         loader = self.loaders[split]
         loader.set_epoch(0)
         for x, y, w in loader:
@@ -548,7 +571,8 @@ class Trainer:
             msg = (f"epoch {epoch + 1}/{epochs} loss {rec['train_loss']:.4f} "
                    f"{rec['images_per_s']:.0f} img/s")
             if "similarity" in rec:
-                msg += f" sim {rec['similarity']:.3f}"
+                msg += (f" sim {rec['similarity']:.3f} |x~-x|/|x| {rec['perturbation']:.2e} "
+                        f"|df|/dy {rec['output_change']:.3f}")
             if select:
                 msg += f" | val MAE {rec['val_all_mae']:.3f}" + (" *" if improved else "")
             self.log(msg)
