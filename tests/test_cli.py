@@ -338,3 +338,106 @@ def test_agedb_layout_and_tabular_csv_and_nyud2_depth(tmp_path):
     res = test_metrics(out)
     assert res["all"]["count"] > 0 and np.isfinite(res["all"]["rmse"])
     assert res["all"]["delta1"] is not None
+
+
+# ---- issue 11: fidelity and robustness ---------------------------------------------------------
+
+@pytest.mark.parametrize("text,message", [
+    ("epochs: 1.9\n", "option epochs: expected an integer, got 1.9"),
+    ("epochs: true\n", "option epochs: expected an integer, got True"),
+    ("lds: 2\n", "option lds: expected true or false, got 2"),
+    ("lr: [0.1]\n", "option lr: expected a number"),
+    ("milestones: [60, 80.5]\n", "option milestones: expected an integer, got 80.5"),
+])
+def test_config_values_are_not_coerced_silently(text, message, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: two_gaussians\n" + text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")) as e:
+        load_config_file(str(path))
+    assert str(path) in str(e.value)
+    assert main(["train", "--config", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--epochs must be an integer"):
+        make_config({"epochs": True})       # the Python API refuses it too
+
+
+def test_config_integral_values_are_accepted(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: two_gaussians\nepochs: 3.0\nbatch_size: '64'\nlds: 1\n"
+                    "reweight: inverse\nmilestones: '2,3'\n")
+    cfg = make_config({}, load_config_file(str(path)))
+    assert (cfg.epochs, cfg.batch_size, cfg.lds, cfg.milestones) == (3, 64, True, [2, 3])
+    assert type(cfg.epochs) is int
+
+
+@pytest.mark.parametrize("name,text,where", [
+    ("bad.yaml", "data: two_gaussians\nepochs: [1, 2\nlr: 0.1\n", "line 3"),
+    ("bad2.yaml", "data: two_gaussians\n  lr: 0.1\n", "line 2"),
+    ("bad.toml", 'data = "two_gaussians"\nepochs = \n', "line 2"),
+])
+def test_config_syntax_errors_name_file_and_line(name, text, where, tmp_path, capsys):
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and where in err and "syntax error" in err
+    assert "Traceback" not in err
+
+
+def test_shot_group_options_reach_the_metrics(tmp_path):
+    out = run(GAUSS[:-4] + ["--epochs", "1", "--no-progress", "--no-plots", "--many-thr", "12",
+                            "--few-thr", "3"], tmp_path, "thr")
+    doc = test_metrics(out)
+    assert (doc["bins"]["many_thr"], doc["bins"]["few_thr"]) == (12, 3)
+    counts = np.asarray(doc["per_bin"]["train_count"])
+    groups = np.asarray(doc["per_bin"]["group"])
+    assert (groups[counts > 12] == "many").all() and (groups[counts < 3] == "few").all()
+    assert doc["many"]["count"] > 0                      # 100 bins, 1,250 samples: > 12 occurs
+    n_bins = len(groups)
+    out = run(GAUSS[:-4] + ["--epochs", "1", "--no-progress", "--no-plots", "--many-bins",
+                            "0-49", "--few-bins", f"50-{n_bins - 2}"], tmp_path, "lists")
+    doc = test_metrics(out)                              # the last bin is in no group
+    assert list(doc["per_bin"]["group"]) == ["many"] * 50 + ["few"] * (n_bins - 51) + [""]
+    in_last = doc["per_bin"]["count"][-1]
+    assert doc["medium"]["count"] == 0
+    assert doc["many"]["count"] + doc["few"]["count"] + in_last == 1000
+
+
+def test_shot_group_config_and_nyud2_preset(tmp_path):
+    from ssir_fast.imbalance import LabelBins
+    from ssir_fast.metrics import nyud2_shot_bins
+    n = make_config({"data": "nyud2", "data_root": "x"})
+    official = nyud2_shot_bins(LabelBins(0.7, 0.1, 93))
+    assert (n.many_bins, n.medium_bins, n.few_bins) == \
+        (official["many"], official["medium"], official["few"])
+    # thresholds given for nyud2: they replace the preset lists
+    t = make_config({"data": "nyud2", "data_root": "x", "many_thr": 50})
+    assert t.many_bins is None and t.many_thr == 50
+    path = tmp_path / "g.yaml"
+    path.write_text("data: two_gaussians\nmany_bins: 0-9,20\nfew_bins: [30, 31]\n")
+    c = make_config({}, load_config_file(str(path)))
+    assert c.many_bins == list(range(10)) + [20] and c.few_bins == [30, 31]
+    with pytest.raises(ConfigError, match="bin 3 is also in --many-bins"):
+        make_config({"data": "two_gaussians", "many_bins": [3], "few_bins": [3]})
+
+
+def test_nyud2_run_uses_official_weighting_and_shot_lists(tmp_path):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _dir_data import write_nyud2
+    from ssir_fast.imbalance import DIR_RECIPES, bin_weights
+    from ssir_fast.metrics import nyud2_shot_bins
+    from ssir_fast.train.trainer import Trainer
+    nyu = str(tmp_path / "nyu")
+    write_nyud2(nyu, n_train=4, n_test=2, size=32)
+    cfg = make_config({"data": "nyud2", "data_root": nyu, "width": 4, "image_size": 32,
+                       "epochs": 1, "batch_size": 2, "reweight": "inverse", "lds": True,
+                       "lds_int_counts": True, "out": str(tmp_path / "o"), "progress": False})
+    t = Trainer(cfg)
+    t._setup()
+    ref = bin_weights(t.train_labels, t.bins, "inverse", True, lds_int_counts=True,
+                      **DIR_RECIPES["depth"])
+    np.testing.assert_array_equal(t.bin_w, ref)
+    assert not np.allclose(t.bin_w, bin_weights(t.train_labels, t.bins, "inverse", True))
+    assert t.shot_bins == nyud2_shot_bins(t.bins)
+    m = t.evaluate("test")
+    assert m.shot_bins == t.shot_bins
