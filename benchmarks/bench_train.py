@@ -9,18 +9,17 @@ default model (the narrow CNN of `ssir_fast.train.models`, width 16). Providers:
 - ssir: `ssir_fast.SSIRLoss` (clean-graph step 1, fused perturbation op, scratch buffers);
 - naive: `ssir_fast.reference.naive_ssir_loss` (literal Algorithm 1: no-grad forward for y~, a fresh
   forward per step, parameter gradients computed and thrown away).
-The three run interleaved (round robin) in the same process, so the machine's load affects them
-alike; each figure is the median over rounds. On a GPU (when present) the same step runs
+The three run interleaved (round robin, `harness.Bench.cases`) in the same process, so the
+machine's load affects them alike; each figure is the median over rounds. On a GPU (when present) the same step runs
 ResNet-50 (torchvision's, else the built-in one) at 224 x 224, batch SSIR_BENCH_BATCH (default
 256), bf16 autocast, channels_last, on random inputs (the loader is not the subject there).
 """
 import os
-import time
 
 import pytest
 import torch
 
-from conftest import device_name, record, sync
+from harness import Bench
 from ssir_fast import SSIRLoss
 from ssir_fast.losses import weighted_l1
 from ssir_fast.reference import naive_ssir_loss
@@ -82,25 +81,11 @@ def test_train_step(benchmark, device):
         loss.backward()
         opt.step()
 
-    kinds = ("vanilla", "ssir", "naive")
-    for k in kinds:   # warm-up
-        step(k)
-        step(k)
-    times = {k: [] for k in kinds}
-    for _ in range(ROUNDS):
-        for k in kinds:
-            sync(device)
-            t0 = time.perf_counter()
-            step(k)
-            sync(device)
-            times[k].append(time.perf_counter() - t0)
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    fields = dict(device=device_name(device), batch=n, rounds=ROUNDS,
-                  **{f"images_per_s_{k}": n / med[k] for k in kinds},
-                  **{f"{k}_ms": med[k] * 1e3 for k in kinds},
-                  ssir_over_vanilla=med["ssir"] / med["vanilla"],
-                  naive_over_vanilla=med["naive"] / med["vanilla"],
-                  naive_over_ssir=med["naive"] / med["ssir"])
-    record(f"train_step/{device}", **fields)
-    benchmark.extra_info.update(fields)
-    benchmark.pedantic(lambda: step("ssir"), rounds=3, iterations=1, warmup_rounds=0)
+    kinds = ("ssir", "vanilla", "naive")
+    b = Bench(benchmark, f"train_step/{device}", device, batch=n)
+    ts = b.cases({k: (lambda k=k: step(k)) for k in kinds}, repeats=ROUNDS)
+    med = {k: t.median for k, t in ts.items()}
+    b.finish(rounds=ROUNDS, **{f"images_per_s_{k}": n / med[k] for k in kinds},
+             ssir_over_vanilla=med["ssir"] / med["vanilla"],
+             naive_over_vanilla=med["naive"] / med["vanilla"],
+             naive_over_ssir=med["naive"] / med["ssir"])

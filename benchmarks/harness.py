@@ -90,13 +90,20 @@ def _backward(out):
 
 def measure(fn, device="cpu", mode="forward", repeats=10, warmup=2):
     """Time `fn` once per call as `mode` says; returns a Timing (see the module docstring)."""
+    return measure_interleaved({"fn": fn}, device, mode, repeats, warmup)["fn"]
+
+
+def measure_interleaved(fns, device="cpu", mode="forward", repeats=10, warmup=2):
+    """Time several functions round robin (call 1 of each, then call 2 of each, ...), so that a
+    shared machine's load falls on all of them alike; returns {name: Timing}. The peak memory of
+    each is the growth over the calls so far (on the CPU the process peak can only grow)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     cuda = torch.device(device).type == "cuda"
 
-    def call(timer):
+    def call(fn, timer):
         if mode == "forward":
             with timer:
                 fn()
@@ -110,20 +117,24 @@ def measure(fn, device="cpu", mode="forward", repeats=10, warmup=2):
                 _backward(out)
 
     for _ in range(warmup):
-        call(_NullTimer())
+        for fn in fns.values():
+            call(fn, _NullTimer())
     sync(device)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = _rss_bytes()
-    samples = []
+    samples = {name: [] for name in fns}
+    peaks = dict.fromkeys(fns, 0)
     for _ in range(repeats):
-        timer = _CudaTimer() if cuda else _HostTimer(device)
-        call(timer)
-        samples.append(timer.seconds())
-    peak = (torch.cuda.max_memory_allocated(device) - base) if cuda else (_rss_bytes() - base)
-    return Timing(samples, max(0, int(peak)))
+        for name, fn in fns.items():
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+            else:
+                base = _rss_bytes()
+            timer = _CudaTimer() if cuda else _HostTimer(device)
+            call(fn, timer)
+            samples[name].append(timer.seconds())
+            peak = (torch.cuda.max_memory_allocated(device) if cuda else _rss_bytes()) - base
+            peaks[name] = max(peaks[name], int(peak))
+    return {name: Timing(samples[name], peaks[name]) for name in fns}
 
 
 class _NullTimer:
@@ -209,6 +220,17 @@ class Bench:
             _report_to_pytest_benchmark(self.benchmark, t)
         self.timings[case], self.modes[case] = t, mode
         return t
+
+    def cases(self, fns, mode="forward", repeats=None, warmup=None):
+        """Several cases timed round robin (see measure_interleaved); the first is the one under
+        test when this is the bench's first call."""
+        ts = measure_interleaved(fns, self.device, mode, repeats or self.repeats,
+                                 self.warmup if warmup is None else warmup)
+        if not self.timings and self.benchmark is not None:
+            _report_to_pytest_benchmark(self.benchmark, next(iter(ts.values())))
+        for case, t in ts.items():
+            self.timings[case], self.modes[case] = t, mode
+        return ts
 
     def finish(self, **fields):
         """Write one row per case; `fields` (ratios, GB/s, ...) go into every row of this bench."""

@@ -77,3 +77,14 @@ def test_bench_rows_share_one_schema_and_each_case_runs_once(tmp_path, monkeypat
 
 def test_copy_bandwidth_positive():
     assert harness.copy_bandwidth(1 << 20) > 0
+
+
+def test_interleaved_cases_run_round_robin(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "RESULTS", str(tmp_path / "r.jsonl"))
+    order = []
+    b = harness.Bench(None, "unit/rr", "cpu")
+    ts = b.cases({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                 repeats=3, warmup=1)
+    assert order == ["a", "b"] * 4
+    assert list(ts) == ["a", "b"] and all(len(t.samples) == 3 for t in ts.values())
+    assert [r["case"] for r in b.finish()] == ["a", "b"]
