@@ -223,6 +223,10 @@ class SSIRLoss(torch.nn.Module):
         if y.numel() != pred.numel():
             raise ValueError(f"y has {y.numel()} elements but the model's output has shape "
                              f"{tuple(pred.shape)}")
+        if y.dim() > 0 and y.shape[0] != pred.shape[0]:
+            # same size, different batch: reshaping would pair labels with the wrong samples
+            raise ValueError(f"y has shape {tuple(y.shape)} but the model's output has shape "
+                             f"{tuple(pred.shape)}: y needs one row per sample ({pred.shape[0]})")
         if self.validate and not bool(torch.isfinite(y).all()):
             raise ValueError("y contains NaN or inf labels")
         if noise is not None and noise.shape != pred.shape:

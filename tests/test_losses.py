@@ -233,3 +233,16 @@ def test_ranksim_duplicate_labels_one_representative_each():
     a = ranksim(feat, y, generator=torch.Generator().manual_seed(1))
     b = ranksim(feat, y, generator=torch.Generator().manual_seed(1))
     assert float(a.detach()) == float(b.detach())
+
+
+def test_ssir_loss_refuses_targets_of_another_batch_shape():
+    """A [4, 2] target for a model output of [8, 1] has the right number of elements but pairs
+    labels with the wrong samples: refused. [8] and [8, 1] targets for [8, 1] outputs are fine."""
+    model = torch.nn.Linear(3, 1)
+    x = torch.randn(8, 3)
+    loss = ssir_fast.SSIRLoss()
+    with pytest.raises(ValueError, match=r"y has shape \(4, 2\) but the model's output has shape "
+                                         r"\(8, 1\)"):
+        loss(model, x, torch.zeros(4, 2))
+    for y in (torch.zeros(8), torch.zeros(8, 1)):
+        assert torch.isfinite(loss(model, x, y).loss)
