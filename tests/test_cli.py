@@ -441,3 +441,14 @@ def test_nyud2_run_uses_official_weighting_and_shot_lists(tmp_path):
     assert t.shot_bins == nyud2_shot_bins(t.bins)
     m = t.evaluate("test")
     assert m.shot_bins == t.shot_bins
+
+
+def test_package_exposes_data_and_train_after_a_plain_import():
+    # a fresh interpreter: nothing has imported ssir_fast.data yet
+    code = ("import ssir_fast\n"
+            "ds = ssir_fast.data.load_dataset('two_gaussians', ratio=2, n_major=20, d=3)\n"
+            "assert len(ds.splits['train']) > 0\n"
+            "assert callable(ssir_fast.train.make_config)\n"
+            "try:\n    ssir_fast.no_such_module\nexcept AttributeError:\n    print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
