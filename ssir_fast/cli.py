@@ -126,7 +126,8 @@ def _perturbations(args):
     from .train.config import make_config
     from .train.plots import plot_perturbations
     from .train.trainer import Trainer
-    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    from .train.checkpoint import load_checkpoint, load_model_state
+    ck = load_checkpoint(args.checkpoint, "perturbations --checkpoint")
     values = dict(ck["config"])
     values.update(resume=False, rrt=False, checkpoint=None, stop_after=None, device="cpu",
                   out=os.path.dirname(os.path.abspath(args.checkpoint)))
@@ -134,7 +135,7 @@ def _perturbations(args):
         values["data_root"] = args.data_root
     t = Trainer(make_config(values))
     t._setup()
-    t.model.load_state_dict(ck["model"])
+    load_model_state(t.model, ck["model"], args.checkpoint, "perturbations --checkpoint")
     x, y, _ = next(iter(t.loaders["test"]))
     idx = torch.linspace(0, x.shape[0] - 1, args.n).long()
     eps = [float(e) for e in args.epsilons.split(",")]

@@ -452,3 +452,108 @@ def test_package_exposes_data_and_train_after_a_plain_import():
             "try:\n    ssir_fast.no_such_module\nexcept AttributeError:\n    print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+# ---- checkpoints: weights_only, clear errors, extending a run ----------------------------------
+
+def test_checkpoints_hold_only_tensors_and_plain_values(tmp_path):
+    out = run(GAUSS[:-4] + ["--epochs", "1", "--no-progress", "--no-plots", "--loss", "bni",
+                            "--schedule", "multistep", "--milestones", "1"], tmp_path)
+    for name in ("last.pt", "best.pt"):
+        ck = torch.load(os.path.join(out, name), map_location="cpu", weights_only=True)
+        assert ck["format"] == 2 and ck["config"]["loss"] == "bni"
+    last = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    rng = last["rng"][0]
+    assert rng["numpy"]["keys"].dtype == torch.int64 and len(rng["python"]["state"]) == 625
+    assert "milestones" in last["scheduler"] and "state" in last["optimizer"]
+
+
+def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
+    import random
+    from ssir_fast.train.checkpoint import rng_state, set_rng_state
+    np.random.normal()                  # a cached gaussian in numpy's state
+    random.gauss(0, 1)
+    path = str(tmp_path / "rng.pt")
+    torch.save(rng_state(), path)
+    a = (torch.rand(3), np.random.rand(3), np.random.normal(), random.random(), random.gauss(0, 1))
+    set_rng_state(torch.load(path, weights_only=True))
+    b = (torch.rand(3), np.random.rand(3), np.random.normal(), random.random(), random.gauss(0, 1))
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2:] == b[2:]
+
+
+def _stopped_run(tmp_path, name="r", extra=()):
+    out = str(tmp_path / name)
+    assert main(["train", *GAUSS, *extra, "--out", out, "--stop-after", "1"]) == 0
+    return out
+
+
+def test_resume_from_empty_or_truncated_last_pt_names_the_file(tmp_path, capsys):
+    out = _stopped_run(tmp_path)
+    last = os.path.join(out, "last.pt")
+    data = open(last, "rb").read()
+    open(last, "wb").write(data[: len(data) // 2])
+    assert main(["train", *GAUSS, "--out", out, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert last in err and "truncated or not a PyTorch checkpoint" in err and "Traceback" not in err
+    open(last, "wb").close()
+    assert main(["train", *GAUSS, "--out", out, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert last in err and "is empty (0 bytes)" in err
+
+
+def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path, capsys):
+    out = _stopped_run(tmp_path)
+    last = os.path.join(out, "last.pt")
+    ck = torch.load(last, weights_only=True)
+    ck["history"] = [np.float64(1.0), np.arange(3)]      # objects beyond tensors / plain values
+    torch.save(ck, last)
+    assert main(["train", *GAUSS, "--out", out, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert last in err and "objects other than tensors and plain values" in err
+
+
+def test_checkpoint_of_another_model_names_what_differs(tmp_path, capsys):
+    out = _stopped_run(tmp_path)
+    other = _stopped_run(tmp_path, "w16", ["--width", "16"])
+    last = os.path.join(out, "last.pt")
+    ck = torch.load(last, weights_only=True)
+    ck["model"] = torch.load(os.path.join(other, "last.pt"), weights_only=True)["model"]
+    torch.save(ck, last)
+    assert main(["train", *GAUSS, "--out", out, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert last in err and "different shapes" in err and "encoder.net.0.weight" in err
+    # --rrt and eval with a checkpoint of a 16-wide model
+    best16 = os.path.join(other, "best.pt")
+    assert main(["train", *GAUSS, "--rrt", "--reweight", "sqrt_inv", "--checkpoint", best16,
+                 "--out", str(tmp_path / "rrt")]) == 2
+    err = capsys.readouterr().err
+    assert best16 in err and "does not fit --model mlp --width 128" in err
+    assert "checkpoint (16,) vs model (128,)" in err
+    best = os.path.join(out, "best.pt")
+    ck = torch.load(best, weights_only=True)
+    ck["model"] = {k: v for k, v in ck["model"].items() if k != "head.bias"}
+    torch.save(ck, best)
+    assert main(["eval", "--checkpoint", best]) == 2
+    err = capsys.readouterr().err
+    assert best in err and "missing (1): ['head.bias']" in err
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, capsys):
+    args = GAUSS[:-4] + ["--no-progress", "--no-plots", "--schedule", "multistep",
+                         "--milestones", "2", "--ssir", "--epsilon", "0.5"]
+    full = run(args + ["--epochs", "3"], tmp_path, "full")
+    part = run(args + ["--epochs", "1"], tmp_path, "part")          # finished after 1 epoch
+    assert main(["train", *args, "--epochs", "3", "--out", part, "--resume"]) == 0
+    assert "extending the run from 1 to 3 epochs" in capsys.readouterr().out
+    a, b = test_metrics(full), test_metrics(part)
+    assert a["all"]["mae"] == b["all"]["mae"] and a["all"]["gm"] == b["all"]["gm"]
+    drop = ("images_per_s", "epoch_time_s")
+    ha = [json.loads(x) for x in open(os.path.join(full, "metrics.jsonl"))]
+    hb = [json.loads(x) for x in open(os.path.join(part, "metrics.jsonl"))]
+    assert [{k: v for k, v in h.items() if k not in drop} for h in ha] == \
+           [{k: v for k, v in h.items() if k not in drop} for h in hb]
+    # fewer epochs than already trained, or another option: refused
+    assert main(["train", *args, "--epochs", "2", "--out", part, "--resume"]) == 2
+    assert "already trained 3 epochs" in capsys.readouterr().err
+    assert main(["train", *args, "--epochs", "4", "--lam", "0.5", "--out", part, "--resume"]) == 2
+    assert "different options" in capsys.readouterr().err

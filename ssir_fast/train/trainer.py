@@ -14,9 +14,11 @@ At the end the best checkpoint (on the validation set; the last epoch when the d
 validation split) is evaluated on the test split and the shot table printed and saved.
 
 Exact resume: last.pt holds model (FDS statistics included), optimiser, scheduler, loss module,
-every rank's RNG states (torch, CUDA, numpy, random), the epoch, the best score and the history.
-The loaders draw their order and augmentation from (seed, epoch), so a resumed run repeats the
-uninterrupted one.
+every rank's RNG states (torch, CUDA, numpy, random), the epoch, the best score and the history,
+as tensors and plain values (read with weights_only=True, see `checkpoint`). The loaders draw
+their order and augmentation from (seed, epoch), so a resumed run repeats the uninterrupted one.
+`--resume` with a larger `--epochs` extends a run (finished or not); options that would make the
+continued run differ from one trained with them from the start are refused.
 """
 import copy
 import csv
@@ -31,41 +33,18 @@ import numpy as np
 import torch
 
 from . import distributed as D
+from .checkpoint import (FORMAT, atomic_save, load_checkpoint, load_model_state, rng_state,
+                         set_rng_state)
 from .config import ConfigError, describe, validate
 from .models import build_model
 
 __all__ = ["Trainer", "train", "evaluate_checkpoint", "format_table", "atomic_save"]
-
-FORMAT = 1
-
-
-def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, then os.replace (never half-written)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
 
 def _write_text_atomic(path, text):
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def _rng_state():
-    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def _set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 def seed_everything(seed, deterministic=False):
@@ -455,10 +434,10 @@ class Trainer:
         return os.path.join(self.out, name)
 
     def _state(self, epoch):
-        rngs = [_rng_state()]
+        rngs = [rng_state()]
         if self.env.active:
             rngs = [None] * self.env.world
-            torch.distributed.all_gather_object(rngs, _rng_state())
+            torch.distributed.all_gather_object(rngs, rng_state())
         return {"format": FORMAT, "kind": "last", "config": self.cfg.to_dict(), "epoch": epoch,
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(),
@@ -466,31 +445,49 @@ class Trainer:
                 "rng": rngs, "best": self.best, "history": self.history,
                 "best_model": self.best_state, "world": self.env.world}
 
+    # options that do not change what is trained: free to change on --resume (--epochs may
+    # also grow: the epochs already trained are the same for any total, schedules included,
+    # except cosine, whose period follows --epochs and is stretched from the resumed epoch on)
+    RESUME_FREE = ("resume", "stop_after", "progress", "out", "plots", "tensorboard", "device",
+                   "workers", "backend", "epochs", "many_thr", "few_thr", "many_bins",
+                   "medium_bins", "few_bins")
+
     def _load_resume(self):
-        path = self._path("last.pt")
-        if not os.path.isfile(path):
-            raise ConfigError(f"--resume: no checkpoint {path}")
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        old = dict(ck["config"])
-        for k in ("resume", "stop_after", "progress", "out", "plots", "tensorboard", "device",
-                  "workers", "backend"):
-            old.pop(k, None)
-        new = {k: v for k, v in self.cfg.to_dict().items() if k in old}
+        cfg, path = self.cfg, self._path("last.pt")
+        ck = load_checkpoint(path, "--resume", need=("config", "model", "optimizer", "scheduler",
+                                                     "rng", "epoch", "world"))
+        old = {k: v for k, v in ck["config"].items() if k not in self.RESUME_FREE}
+        new = {k: v for k, v in cfg.to_dict().items() if k in old}
         diff = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
         if diff:
             raise ConfigError(f"--resume: the run in {self.out} was trained with different options "
                               f"(checkpoint vs now): {diff}")
+        done = ck["epoch"] + 1
+        if cfg.epochs < done:
+            raise ConfigError(f"--resume: the run in {self.out} has already trained {done} epochs; "
+                              f"--epochs {cfg.epochs} would leave some out (give --epochs >= "
+                              f"{done})")
         if ck["world"] != self.env.world:
             raise ConfigError(f"--resume: the checkpoint was written by {ck['world']} processes, "
                               f"now {self.env.world}")
-        self.model.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["optimizer"])
-        self.sched.load_state_dict(ck["scheduler"])
-        if self.loss_module is not None:
-            self.loss_module.load_state_dict(ck["loss_module"])
+        load_model_state(self.model, ck["model"], path, "--resume",
+                         f"--model {cfg.model} --width {cfg.width}")
+        try:
+            self.opt.load_state_dict(ck["optimizer"])
+            self.sched.load_state_dict(ck["scheduler"])
+            if self.loss_module is not None:
+                self.loss_module.load_state_dict(ck["loss_module"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise ConfigError(f"--resume: the optimiser, scheduler or loss state in {path} does "
+                              f"not fit this run: {e}") from None
+        old_epochs = ck["config"].get("epochs")
+        if old_epochs != cfg.epochs:
+            if cfg.schedule == "cosine":
+                self.sched.T_max = cfg.epochs
+            self.log(f"--resume: extending the run from {old_epochs} to {cfg.epochs} epochs")
         self.best, self.history, self.best_state = ck["best"], ck["history"], ck["best_model"]
-        _set_rng_state(ck["rng"][self.env.rank])
-        return ck["epoch"] + 1
+        set_rng_state(ck["rng"][self.env.rank])
+        return done
 
     def _write_logs(self):
         if not self.env.main:
@@ -616,14 +613,10 @@ class Trainer:
 
     def _run_rrt(self):
         cfg = self.cfg
-        ck = torch.load(cfg.checkpoint, map_location="cpu", weights_only=False)
-        state = ck.get("model", ck)
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        bad = [k for k in missing if not k.startswith("fds.")] + \
-              [k for k in unexpected if not k.startswith("fds.")]
-        if bad:
-            raise ConfigError(f"--checkpoint {cfg.checkpoint} does not fit --model {cfg.model} "
-                              f"--width {cfg.width}: {bad[:5]}")
+        ck = load_checkpoint(cfg.checkpoint, "--rrt --checkpoint", need=())
+        # the first stage may have trained with FDS: its statistics are not part of RRT
+        load_model_state(self.model, ck.get("model", ck), cfg.checkpoint, "--rrt --checkpoint",
+                         f"--model {cfg.model} --width {cfg.width}", ignore=("fds.",))
         from ..rrt import rrt_prepare
         head = rrt_prepare(self.model)
         self._optimizer(head.parameters())
@@ -643,11 +636,7 @@ def evaluate_checkpoint(path, split="test", data_root=None, out=None, device="au
     """Evaluate a best.pt / last.pt checkpoint on a split; prints and saves the shot table
     (<out>/<split>_metrics.json and _per_bin.csv, default next to the checkpoint)."""
     from .config import make_config
-    if not os.path.isfile(path):
-        raise ConfigError(f"--checkpoint: file not found: {path}")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    if "config" not in ck:
-        raise ConfigError(f"{path} is not an ssir-fast checkpoint (no config)")
+    ck = load_checkpoint(path, "eval --checkpoint")
     values = dict(ck["config"])
     values.update(resume=False, rrt=False, checkpoint=None, stop_after=None, device=device,
                   smogn=False)
@@ -669,7 +658,8 @@ def evaluate_checkpoint(path, split="test", data_root=None, out=None, device="au
                                              augment=False, num_workers=0)
         if split not in t.loaders:
             raise ConfigError(f"split {split!r} is not in the data set (have {sorted(t.loaders)})")
-        t.model.load_state_dict(ck["model"])
+        load_model_state(t.model, ck["model"], path, "eval --checkpoint",
+                         f"--model {cfg.model} --width {cfg.width} built here")
         m = t.evaluate(split)
         res = m.compute()
         if t.env.main:

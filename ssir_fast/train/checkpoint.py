@@ -1,0 +1,132 @@
+"""Checkpoint files of the training CLI: tensors and plain values only, read with
+``torch.load(weights_only=True)``.
+
+A checkpoint someone sent you cannot run code when it is opened: nothing in it needs the full
+pickle machinery. What used to need it is stored as tensors and lists instead:
+
+    numpy RNG   ('MT19937', uint32[624], pos, has_gauss, cached)  ->  {"keys": int64 tensor, ...}
+    python RNG  (version, (625 ints), gauss_next)                 ->  {"state": [625 ints], ...}
+
+so an exact resume restores the same generator states bit for bit.
+
+Every failure to read a checkpoint is a `ConfigError` naming the file and what is wrong: missing,
+empty, truncated, not a PyTorch file, objects other than tensors and plain values, another
+ssir-fast format, or a model whose parameters differ (missing / unexpected keys, other shapes).
+"""
+import os
+import pickle
+import random
+import zipfile
+
+import numpy as np
+import torch
+
+from .config import ConfigError
+
+__all__ = ["FORMAT", "atomic_save", "load_checkpoint", "load_model_state", "rng_state",
+           "set_rng_state"]
+
+# 2: RNG states as tensors / lists (weights_only), torchvision's ResNet key names
+FORMAT = 2
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file in the same folder, then os.replace (never half-written)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ---- RNG states as tensors and plain values ---------------------------------------------------
+
+def rng_state():
+    """The torch, CUDA, numpy and python RNG states, as tensors, lists and numbers."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss_next = random.getstate()
+    s = {"torch": torch.get_rng_state(),
+         "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+         "python": {"version": version, "state": list(state), "gauss_next": gauss_next}}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s):
+    """Restore the states written by `rng_state`."""
+    torch.set_rng_state(s["torch"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# ---- reading ----------------------------------------------------------------------------------
+
+def load_checkpoint(path, what="--checkpoint", need=("config", "model")):
+    """The checkpoint dict in `path`, read with weights_only=True on the CPU.
+
+    `what` names the option the file came from in the messages (--resume, --checkpoint, eval);
+    `need` lists the keys an ssir-fast checkpoint must have."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what}: checkpoint not found: {path}")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ConfigError(f"{what}: checkpoint {path} is empty (0 bytes): the run was probably "
+                          f"killed while the file was created; delete it (and resume from an "
+                          f"earlier copy or start again)")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{what}: {path} holds objects other than tensors and plain values, "
+                          f"so it is not loaded (opening it could run code pickled into it). "
+                          f"Checkpoints of this ssir-fast version never do; re-create it or, if "
+                          f"you trust its origin, convert it yourself. ({first})") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{what}: cannot read checkpoint {path} ({size} bytes): truncated or "
+                          f"not a PyTorch checkpoint ({first})") from None
+    if not isinstance(ck, dict) or any(k not in ck for k in need):
+        have = sorted(ck)[:8] if isinstance(ck, dict) else type(ck).__name__
+        raise ConfigError(f"{what}: {path} is not an ssir-fast checkpoint (needs keys "
+                          f"{list(need)}, has {have})")
+    fmt = ck.get("format")
+    if ("format" in ck or "config" in need) and fmt != FORMAT:
+        raise ConfigError(f"{what}: {path} has checkpoint format {fmt}, this ssir-fast reads "
+                          f"format {FORMAT}; evaluate or resume it with the version that wrote "
+                          f"it")
+    return ck
+
+
+def _describe_mismatch(model_state, state, ignore=()):
+    """(missing, unexpected, shape differences) between a model's and a checkpoint's state."""
+    skip = lambda k: any(k.startswith(p) for p in ignore)  # noqa: E731
+    missing = [k for k in model_state if k not in state and not skip(k)]
+    unexpected = [k for k in state if k not in model_state and not skip(k)]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in model_state.items()
+              if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape]
+    return missing, unexpected, shapes
+
+
+def load_model_state(model, state, path, what, model_desc="this model", ignore=()):
+    """model.load_state_dict(state), or a ConfigError naming `path`, the model and what differs
+    (at most 5 keys of each kind). Keys starting with a prefix in `ignore` (e.g. "fds." for RRT)
+    may be missing or extra."""
+    if not isinstance(state, dict):
+        raise ConfigError(f"{what}: {path} has no model state dict")
+    missing, unexpected, shapes = _describe_mismatch(model.state_dict(), state, ignore)
+    if missing or unexpected or shapes:
+        parts = []
+        for name, items in (("missing", missing), ("unexpected", unexpected),
+                            ("different shapes", shapes)):
+            if items:
+                more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+                parts.append(f"{name} ({len(items)}): {items[:5]}{more}")
+        raise ConfigError(f"{what}: the model in {path} does not fit {model_desc}: "
+                          + "; ".join(parts))
+    model.load_state_dict(state, strict=not ignore)
