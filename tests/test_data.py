@@ -141,6 +141,116 @@ def test_workers_give_same_batches(agedb):
             assert torch.equal(s, t)
 
 
+def test_persistent_workers_reused_with_per_epoch_order_and_augmentation(agedb):
+    root, _ = agedb
+    ds = D.load_dataset("agedb", root=root, image_size=16)
+    ld = D.make_loader(ds, "train", 3, backend="torch", num_workers=2, seed=5)
+    ref = D.make_loader(ds, "train", 3, backend="torch", num_workers=0, seed=5)
+    pids = None
+    for epoch in range(3):
+        got, exp = list(ld), list(ref)
+        assert ld.epoch == ref.epoch == epoch + 1
+        np.testing.assert_array_equal(torch.cat([b[1] for b in got]).view(-1).numpy(),
+                                      labels_epoch(ds, "train", seed=5, epoch=epoch))
+        for u, v in zip(got, exp):            # this epoch's crops and flips, not epoch 0's
+            assert all(torch.equal(s, t) for s, t in zip(u, v))
+        assert len(ld.worker_pids()) == 2
+        assert pids is None or ld.worker_pids() == pids   # the same processes every epoch
+        pids = ld.worker_pids()
+    val = D.make_loader(ds, "val", 2, backend="torch", num_workers=2)
+    a, b = list(val), list(val)
+    vp = val.worker_pids()
+    c = list(val)
+    assert val.worker_pids() == vp and len(vp) == 2
+    for u, v, w in zip(a, b, c):
+        assert torch.equal(u[0], v[0]) and torch.equal(v[0], w[0])
+    ld.close()
+    assert ld.worker_pids() == []
+
+
+def test_epoch_left_half_way_leaks_nothing_torch(agedb):
+    root, _ = agedb
+    ds = D.load_dataset("agedb", root=root, image_size=16)
+    ld = D.make_loader(ds, "train", 2, backend="torch", num_workers=2, seed=4, prefetch=3)
+    old = iter(ld)
+    next(old)                                  # epoch 0 abandoned after one of 6 batches
+    ld.set_epoch(7)
+    got = list(ld)
+    ref = _epoch(ds, 7, seed=4, bs=2)
+    assert len(got) == len(ref) == 6
+    for u, v in zip(got, ref):                 # exactly epoch 7's samples, order and crops
+        assert all(torch.equal(s, t) for s, t in zip(u, v))
+    assert list(old) == []                     # the abandoned pass yields nothing more
+
+
+def _epoch(ds, epoch, seed, bs):
+    ref = D.make_loader(ds, "train", bs, backend="torch", num_workers=0, seed=seed)
+    ref.set_epoch(epoch)
+    return list(ref)
+
+
+def test_workers_send_uint8_and_the_device_normalises(agedb):
+    from ssir_fast.data.torch_loader import _Samples
+    from ssir_fast.data.transforms import normalize_batch, normalize_uint8
+    root, rows = agedb
+    ds = D.load_dataset("agedb", root=root, image_size=16)
+    ld = D.make_loader(ds, "test", 3, backend="torch", num_workers=0)
+    pos, x, _, _, err = _Samples(ld)[(0, 0, 0, 0, 0)]
+    assert err is None and x.dtype == torch.uint8 and x.shape == (16, 16, 3)
+    batch = torch.stack([x, x.flip(1)])
+    ref = torch.stack([normalize_uint8(x.numpy(), ds.mean, ds.std),
+                       normalize_uint8(x.flip(1).numpy(), ds.mean, ds.std)])
+    out = normalize_batch(batch, ds.mean, ds.std, "cpu")
+    assert out.dtype == torch.float32 and out.is_contiguous() and torch.equal(out, ref)
+    cl = normalize_batch(batch, ds.mean, ds.std, "cpu", channels_last=True)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, ref)
+    first = next(iter(ld))[0]
+    np.testing.assert_allclose(first[0].numpy(), expected_image(os.path.join(root,
+                               rows_of(rows, "test")[0][1])), atol=1e-6)
+
+
+SCRIPT = """
+import sys, warnings
+warnings.simplefilter("always")
+import ssir_fast.data as D
+ds = D.load_dataset("agedb", root=sys.argv[1], image_size=16)
+ld = D.make_loader(ds, "train", 4, backend="torch", num_workers=2, seed=3)
+for epoch in range(2):
+    ys = [float(v) for b in ld for v in b[1].view(-1)]
+    print("epoch", epoch, len(ys), sorted(ys) == sorted(ds.train_labels.tolist()), flush=True)
+"""
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_plain_script_iterates_a_loader_with_workers(agedb, tmp_path, guarded):
+    import subprocess
+    import sys
+    root, rows = agedb
+    body = SCRIPT if not guarded else "if __name__ == '__main__':\n" + "\n".join(
+        "    " + line for line in SCRIPT.strip().splitlines())
+    script = tmp_path / "plain.py"
+    script.write_text(body)
+    r = subprocess.run([sys.executable, str(script), root], capture_output=True, text=True,
+                       timeout=240, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    n = len(rows_of(rows, "train"))
+    assert r.stdout.split("\n")[:2] == [f"epoch 0 {n} True", f"epoch 1 {n} True"]
+    # a script without the guard gets forked workers and is told why; a guarded one forkserver
+    assert ("no 'if __name__ == \"__main__\":' guard" in r.stderr) is (not guarded)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_pinned_channels_last_equal_to_cpu(agedb):
+    root, _ = agedb
+    ds = D.load_dataset("agedb", root=root, image_size=16)
+    cpu = list(D.make_loader(ds, "train", 4, backend="torch", num_workers=2, seed=2))
+    gpu = list(D.make_loader(ds, "train", 4, backend="torch", num_workers=2, seed=2,
+                             device="cuda"))
+    for c, g in zip(cpu, gpu):
+        assert g[0].is_cuda and g[0].is_contiguous(memory_format=torch.channels_last)
+        assert all(torch.equal(s, t.cpu()) for s, t in zip(c, g))
+
+
 def test_sample_and_bin_weights(agedb):
     root, _ = agedb
     ds = D.load_dataset("agedb", root=root, image_size=16)

@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 from .datasets import DataError, read_depth
-from .transforms import aug_params, check_image_bytes, epoch_order, shard_batches
+from .transforms import (aug_params, check_image_bytes, epoch_order, normalize_batch,
+                         shard_batches)
 
-__all__ = ["ImageLoaderBase", "read_image_bytes"]
+__all__ = ["ImageLoaderBase", "read_image_bytes", "read_sample_depth", "sample_test_mask"]
 
 
 def read_image_bytes(view, i):
@@ -27,8 +28,24 @@ def read_image_bytes(view, i):
     return data
 
 
+def read_sample_depth(dataset, view, i):
+    """Depth map (float32 metres [H, W]) of sample i of a depth data set's split ``view``."""
+    return read_depth(view.depth_paths[i], dataset.depth_scale, where=view.where(i))
+
+
+def sample_test_mask(dataset, split, i):
+    """The balanced-pixel mask of test sample i (NYUD2 test split), else None."""
+    if dataset.kind == "depth" and split == "test":
+        return dataset.test_mask()[i]
+    return None
+
+
 class ImageLoaderBase:
     """Iterable over (inputs, targets, weights) batches of one split; one pass = one epoch.
+
+    Images leave the decoder as uint8 and are normalised on ``device`` (`normalize_batch`): on
+    CUDA they are channels_last float32, elsewhere NCHW-contiguous. Worker processes / pipelines
+    are started once per loader and reused by every epoch; `close()` stops them early.
 
     ``len(loader)`` is the number of batches of this shard; the last batch keeps the remainder
     (never dropped, never padded unless ``even_shards=True``, where the repeated samples get weight
@@ -80,20 +97,31 @@ class ImageLoaderBase:
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
 
-    def _plan(self):
-        """(positions -> sample index, number padded, crop anchors, flips) of the coming epoch."""
+    def _plan(self, epoch=None):
+        """(positions -> sample index, number padded, crop anchors, flips) of ``epoch`` (default:
+        the coming one)."""
+        epoch = self.epoch if epoch is None else epoch
         n = len(self.view)
-        order, padded = epoch_order(n, self.seed, self.epoch, self.shuffle, self.rank, self.world,
+        order, padded = epoch_order(n, self.seed, epoch, self.shuffle, self.rank, self.world,
                                     self.even_shards)
-        anchors, flips = aug_params(n, self.seed, self.epoch)
+        anchors, flips = aug_params(n, self.seed, epoch)
         return order, padded, anchors, flips
+
+    def epoch_key(self, epoch=None):
+        """What the plan of ``epoch`` depends on: the epoch when shuffling or augmenting, else
+        nothing (every val/test pass is the same). Equal keys = identical passes."""
+        epoch = self.epoch if epoch is None else epoch
+        return epoch if (self.shuffle or self.augment) else None
+
+    def close(self):
+        """Stop this loader's worker processes / pipeline (a later pass starts them again)."""
 
     def __len__(self):
         return shard_batches(len(self.view), self.batch_size, self.rank, self.world,
                              self.even_shards)
 
-    def _begin_epoch(self):
-        plan = self._plan()
+    def _begin_epoch(self, plan=None):
+        plan = self._plan() if plan is None else plan
         self.stats = {"epoch": self.epoch, "skipped": 0, "skipped_items": [], "padded": plan[1]}
         return plan
 
@@ -113,7 +141,9 @@ class ImageLoaderBase:
 
     # --------------------------------------------------------------- targets and weights
     def _finish(self, inputs, positions, order, depth=None, mask=None):
-        """Targets and weights for a batch whose samples sit at ``positions`` of the epoch order."""
+        """Targets and weights for a batch whose samples sit at ``positions`` of the epoch order;
+        uint8 [B, H, W, C] inputs are normalised on the device. Host tensors travel pinned and
+        ``non_blocking`` to a CUDA device, so no step waits for a copy."""
         positions = np.asarray(positions, np.int64).reshape(-1)
         idx = order[positions]
         real = torch.from_numpy((positions < len(order) - self.stats["padded"]).astype(np.float32))
@@ -122,13 +152,14 @@ class ImageLoaderBase:
             if mask is not None:
                 weights = mask.float()
             elif self.bin_weights is not None:
-                bw = torch.from_numpy(self.bin_weights).to(targets.device)
+                bw = self._device_bin_weights(targets.device)
                 weights = bw[self.dataset.bins.index(targets)]
             else:
                 weights = torch.ones_like(targets)
             if mask is None:
                 weights = weights * (targets > 0)   # invalid depth and crop padding
-            weights = weights * real.to(weights.device).view(-1, 1, 1, 1)
+            real = self._to_device(real) if weights.is_cuda else real
+            weights = weights * real.view(-1, 1, 1, 1)
         else:
             y = self.view.targets[idx]
             targets = torch.from_numpy(y.astype(np.float32)).view(-1, 1)
@@ -139,14 +170,24 @@ class ImageLoaderBase:
             else:
                 w = np.ones(len(idx), np.float32)
             weights = torch.from_numpy(np.asarray(w, np.float32)).view(-1, 1) * real.view(-1, 1)
-        nb = self.device.type == "cuda"
-        return (inputs.to(self.device, non_blocking=nb), targets.to(self.device, non_blocking=nb),
-                weights.to(self.device, non_blocking=nb))
+        cuda = self.device.type == "cuda"
+        if inputs.dtype == torch.uint8:
+            inputs = normalize_batch(inputs, self.dataset.mean, self.dataset.std, self.device,
+                                     channels_last=cuda)
+        return (inputs.to(self.device), self._to_device(targets), self._to_device(weights))
+
+    def _device_bin_weights(self, device):
+        if getattr(self, "_bw_cache", None) is None or self._bw_cache.device != device:
+            self._bw_cache = torch.from_numpy(self.bin_weights).to(device)
+        return self._bw_cache
+
+    def _to_device(self, t):
+        if self.device.type != "cuda" or t.is_cuda:
+            return t.to(self.device)
+        return (t if t.is_pinned() else t.pin_memory()).to(self.device, non_blocking=True)
 
     def _read_depth(self, i):
-        return read_depth(self.view.depth_paths[i], self.dataset.depth_scale, where=self.view.where(i))
+        return read_sample_depth(self.dataset, self.view, i)
 
     def _test_mask(self, i):
-        if self.dataset.kind == "depth" and self.split == "test":
-            return self.dataset.test_mask()[i]
-        return None
+        return sample_test_mask(self.dataset, self.split, i)

@@ -1,15 +1,36 @@
 """PyTorch DataLoader backend: PIL decoding in worker processes, the DIR augmentation of
-`transforms` with the same per-sample draws as the DALI backend."""
+`transforms` with the same per-sample draws as the DALI backend.
+
+One ``DataLoader`` per loader, built on the first pass, with persistent workers: every epoch (and
+every validation/test pass) reuses the same processes. The batch sampler reads the order and the
+crop/flip draws of the coming epoch, so they still change per epoch. Workers return uint8 HWC
+images; the batch travels as uint8 (pinned when the device is CUDA) and is normalised on the device
+(`transforms.normalize_batch`). At the end of a pass the workers already start on the next one
+(the epoch after, which is what training asks for next); a pass that turns out to be a different
+one is dropped by the DataLoader's reset, and so is a pass left half-way.
+
+Worker start method: forkserver (a forked worker can deadlock on a lock that another thread of the
+parent held at fork time), with this module preloaded in the server so that workers start in
+milliseconds. Forkserver re-imports the main script in every worker, which a script without an
+``if __name__ == "__main__":`` guard cannot survive; for such a script the workers are forked
+instead, with a warning (see `worker_start_method`).
+"""
+import ast
 import io
+import multiprocessing
+import sys
+import warnings
 
 import numpy as np
 import torch
 
 from .datasets import DataError
-from .loader_base import ImageLoaderBase, read_image_bytes
-from .transforms import crop_pad, normalize_uint8
+from .loader_base import ImageLoaderBase, read_image_bytes, read_sample_depth, sample_test_mask
+from .transforms import crop_pad
 
-__all__ = ["TorchImageLoader", "decode_resize"]
+__all__ = ["TorchImageLoader", "decode_resize", "worker_start_method"]
+
+_warned_fork = set()
 
 
 def decode_resize(data, size):
@@ -21,6 +42,47 @@ def decode_resize(data, size):
         if im.size != (size[1], size[0]):
             im = im.resize((size[1], size[0]), Image.BILINEAR)
         return np.asarray(im)
+
+
+def _has_main_guard(path):
+    """True if the script at ``path`` has a top-level ``if __name__ == "__main__":``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            names = [node.test.left] + list(node.test.comparators)
+            if any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and \
+                    any(isinstance(n, ast.Constant) and n.value == "__main__" for n in names):
+                return True
+    return False
+
+
+def worker_start_method():
+    """"forkserver", or "fork" (with a warning, once per script) when the main module is a script
+    file without a ``__main__`` guard: forkserver and spawn workers import that script again,
+    which would re-run its loader loop inside every worker and fail during bootstrapping."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None or _has_main_guard(path):
+        return "forkserver"
+    if path not in _warned_fork:
+        _warned_fork.add(path)
+        warnings.warn(f"{path} has no 'if __name__ == \"__main__\":' guard, so the data loader "
+                      f"workers are forked (a fork can deadlock if another thread of this process "
+                      f"holds a lock); add the guard to use forkserver workers", RuntimeWarning,
+                      stacklevel=4)
+    return "fork"
+
+
+def _context(method):
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        # the server imports torch and this module once; each worker is then a cheap fork of it
+        # (effective only until the server has started, which is what we want)
+        ctx.set_forkserver_preload(["__main__", __name__])
+    return ctx
 
 
 def _resize_nearest(arr, size):
@@ -35,15 +97,14 @@ def _resize_nearest(arr, size):
 
 
 class _Samples(torch.utils.data.Dataset):
-    """Map-style view used by the workers: item = (position, index, anchor_y, anchor_x, flip)."""
+    """Map-style view used by the workers: item = (position, index, anchor_y, anchor_x, flip) ->
+    (position, uint8 HWC image, depth, mask, error). Holds only picklable data (no loader)."""
 
     def __init__(self, loader):
-        self.view = loader.view
+        self.dataset, self.view, self.split = loader.dataset, loader.view, loader.split
         self.size = loader.size
         self.augment = loader.augment
-        self.mean, self.std = loader.dataset.mean, loader.dataset.std
         self.depth = loader.dataset.kind == "depth"
-        self.loader = loader  # for depth reading helpers (picklable: no open handles)
 
     def __len__(self):
         return len(self.view)
@@ -58,8 +119,8 @@ class _Samples(torch.utils.data.Dataset):
                 raise DataError(f"{self.view.where(i)}: cannot decode image: {e}") from None
             depth = mask = None
             if self.depth:
-                depth = _resize_nearest(self.loader._read_depth(i), self.size)
-                m = self.loader._test_mask(i)
+                depth = _resize_nearest(read_sample_depth(self.dataset, self.view, i), self.size)
+                m = sample_test_mask(self.dataset, self.split, i)
                 mask = None if m is None else _resize_nearest(m, self.size)
             if self.augment:
                 arr = crop_pad(arr, (ay, ax), self.size)
@@ -68,7 +129,7 @@ class _Samples(torch.utils.data.Dataset):
                 if flip:
                     arr = arr[:, ::-1]
                     depth = None if depth is None else depth[:, ::-1]
-            x = normalize_uint8(arr, self.mean, self.std)
+            x = torch.from_numpy(np.require(arr, requirements=["C", "W"]))
             d = None if depth is None else torch.from_numpy(np.ascontiguousarray(depth))[None]
             m = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask))[None]
             return pos, x, d, m, None
@@ -82,38 +143,126 @@ def _collate(items):
     if not good:
         return None, None, None, None, errors
     pos = np.array([it[0] for it in good], np.int64)
-    x = torch.stack([it[1] for it in good])
+    x = torch.stack([it[1] for it in good])                 # uint8 [B, H, W, 3]
     d = torch.stack([it[2] for it in good]) if good[0][2] is not None else None
     m = torch.stack([it[3] for it in good]) if good[0][3] is not None else None
     return pos, x, d, m, errors
 
 
+class _EpochBatches:
+    """Batch sampler of the persistent DataLoader: the batches of whatever plan it holds now
+    (set before each pass), as lists of (position, index, anchor_y, anchor_x, flip) items.
+
+    Each batch is cut into ``parts`` chunks (one per worker), so all workers build a batch
+    together: the first batch of a pass then arrives ``parts`` times sooner than if one worker
+    made it alone, and the loader joins the chunks again (`TorchImageLoader.__iter__`)."""
+
+    def __init__(self, batch_size, parts):
+        self.batch_size, self.parts = batch_size, max(1, parts)
+        self.plan = None
+
+    def chunks(self, n):
+        """Chunk sizes of a batch of n samples."""
+        k = min(self.parts, n)
+        return [n // k + (j < n % k) for j in range(k)]
+
+    def batch_sizes(self):
+        n = len(self.plan[0])
+        return [min(self.batch_size, n - s) for s in range(0, n, self.batch_size)]
+
+    def __len__(self):
+        return sum(len(self.chunks(b)) for b in self.batch_sizes())
+
+    def __iter__(self):
+        order, _, anchors, flips = self.plan
+        p = 0
+        for b in self.batch_sizes():
+            for c in self.chunks(b):
+                yield [(q, int(order[q]), int(anchors[order[q], 0]), int(anchors[order[q], 1]),
+                        int(flips[order[q]])) for q in range(p, p + c)]
+                p += c
+
+
 class TorchImageLoader(ImageLoaderBase):
-    """``torch.utils.data.DataLoader`` over the split with ``num_workers`` worker processes and
-    ``prefetch`` batches per worker; pinned memory when the device is CUDA."""
+    """``torch.utils.data.DataLoader`` over the split with ``num_workers`` persistent worker
+    processes and ``prefetch`` batches per worker; pinned memory when the device is CUDA."""
 
     backend = "torch"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._dl = None
+        self._sampler = _EpochBatches(self.batch_size, self.num_workers)
+        self._pending = None     # (epoch key, plan, DataLoader iterator) started ahead
+        self._pass = 0           # pass counter: a generator left behind by a newer pass stops
+
+    def _dataloader(self):
+        if self._dl is None:
+            if self.dataset.kind == "depth" and self.split == "test":
+                self.dataset.test_mask()  # computed once here, not once per worker
+            kwargs = {}
+            if self.num_workers > 0:
+                kwargs = {"prefetch_factor": self.prefetch, "persistent_workers": True,
+                          "multiprocessing_context": _context(worker_start_method())}
+            self._dl = torch.utils.data.DataLoader(
+                _Samples(self), batch_sampler=self._sampler, num_workers=self.num_workers,
+                collate_fn=_collate, pin_memory=self.device.type == "cuda", **kwargs)
+        return self._dl
+
+    def _start(self, epoch):
+        """Point the sampler at ``epoch``'s plan and (re)start the workers on it; batches still
+        queued from an earlier, unfinished pass are dropped by the DataLoader's reset."""
+        plan = self._plan(epoch)
+        self._sampler.plan = plan
+        return plan, iter(self._dataloader())
+
+    def _join(self, tensors):
+        """One batch from its chunks; pinned chunks are joined on the CUDA device (each copy
+        non_blocking), so the joined batch never sits in unpinned host memory."""
+        if tensors[0] is None:
+            return None
+        if len(tensors) == 1:
+            return tensors[0]
+        if self.device.type == "cuda" and tensors[0].is_pinned():
+            tensors = [t.to(self.device, non_blocking=True) for t in tensors]
+        return torch.cat(tensors)
+
+    def worker_pids(self):
+        """Process ids of the live worker processes (empty before the first pass / after close)."""
+        it = getattr(self._dl, "_iterator", None)
+        return sorted(w.pid for w in getattr(it, "_workers", []) if w.is_alive())
+
+    def close(self):
+        """Shut the worker processes down (the next pass starts new ones)."""
+        self._pending = None
+        self._dl = None     # the DataLoader's iterator stops its workers when released
+        self._pass += 1
+
     def __iter__(self):
-        order, padded, anchors, flips = self._begin_epoch()
-        if self.dataset.kind == "depth" and self.split == "test":
-            self.dataset.test_mask()  # computed once here, not once per worker
-        batches = [[(p, int(order[p]), int(anchors[order[p], 0]), int(anchors[order[p], 1]),
-                     int(flips[order[p]])) for p in range(s, min(s + self.batch_size, len(order)))]
-                   for s in range(0, len(order), self.batch_size)]
-        kwargs = {}
-        if self.num_workers > 0:
-            # forkserver, not fork: forking a process whose other threads (OpenMP, gloo, DALI,
-            # tqdm) hold locks can deadlock the worker.
-            kwargs = {"prefetch_factor": self.prefetch, "persistent_workers": False,
-                      "multiprocessing_context": "forkserver"}
-        dl = torch.utils.data.DataLoader(_Samples(self), batch_sampler=batches,
-                                         num_workers=self.num_workers, collate_fn=_collate,
-                                         pin_memory=self.device.type == "cuda", **kwargs)
-        for pos, x, d, m, errors in dl:
-            for msg in errors:
+        key = self.epoch_key()
+        if self._pending is not None and self._pending[0] == key:
+            _, plan, it = self._pending
+        else:
+            plan, it = self._start(self.epoch)
+        self._pending = None
+        order = plan[0]
+        self._begin_epoch(plan)
+        self._pass += 1
+        me = self._pass
+        chunks = iter(it)
+        for b in self._sampler.batch_sizes():
+            if self._pass != me:
+                return    # a newer pass took the workers over: this one was abandoned
+            parts = [next(chunks) for _ in self._sampler.chunks(b)]
+            for msg in (m for part in parts for m in part[4]):
                 self._skip(msg)
-            if pos is None:
+            parts = [part for part in parts if part[0] is not None]
+            if not parts:
                 continue  # every sample of this batch was bad (and counted)
+            pos = np.concatenate([part[0] for part in parts])
+            x, d, m = (self._join([part[k] for part in parts]) for k in (1, 2, 3))
             yield self._finish(x, pos, order, depth=d, mask=m)
         self._end_epoch()
+        if self.num_workers > 0:
+            # start the next pass now, so its first batches are ready when it is asked for
+            self._pending = (self.epoch_key(), *self._start(self.epoch))
