@@ -12,16 +12,19 @@ namespace ssir_fast {
 
 int64_t cuda_version();
 
-// ---- perturb: clip(x + epsilon * g / ||g||_2, clip_min, clip_max) ---------------------------
+// ---- perturb: clip(x + eps_i * g / ||g||_2, clip_min, clip_max), eps_i = epsilon [* epsilon_rows[i]]
 at::Tensor perturb_cpu(const at::Tensor& x, const at::Tensor& g, double epsilon,
                        const std::optional<at::Tensor>& clip_min,
-                       const std::optional<at::Tensor>& clip_max);
+                       const std::optional<at::Tensor>& clip_max,
+                       const std::optional<at::Tensor>& epsilon_rows = std::nullopt);
 void perturb_inplace_cpu(at::Tensor& x, const at::Tensor& g, double epsilon,
                          const std::optional<at::Tensor>& clip_min,
-                         const std::optional<at::Tensor>& clip_max);
+                         const std::optional<at::Tensor>& clip_max,
+                         const std::optional<at::Tensor>& epsilon_rows = std::nullopt);
 void perturb_out_cpu(const at::Tensor& x, const at::Tensor& g, double epsilon,
                      const std::optional<at::Tensor>& clip_min,
-                     const std::optional<at::Tensor>& clip_max, at::Tensor& out);
+                     const std::optional<at::Tensor>& clip_max, at::Tensor& out,
+                     const std::optional<at::Tensor>& epsilon_rows = std::nullopt);
 
 // ---- FDS: per-bin feature statistics and calibration (csrc/fds_common.h) -------------------
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_feature_stats_cpu(const at::Tensor& features,

@@ -17,9 +17,12 @@ struct ClipBounds {
 };
 
 // Backend kernel: x, g contiguous [N, L] views (same dtype/device), out contiguous and possibly
-// the same storage as x (never as g). N*L may be zero.
+// the same storage as x (never as g). N*L may be zero. The radius of row i is
+// epsilon * eps_rows[i] when eps_rows (float64 [N], contiguous, on x's device) is defined, else
+// epsilon.
 using PerturbKernel = void (*)(const at::Tensor& x, const at::Tensor& g, double epsilon,
-                               const ClipBounds& bounds, at::Tensor& out);
+                               const at::Tensor& eps_rows, const ClipBounds& bounds,
+                               at::Tensor& out);
 
 inline void check_perturb_args(const at::Tensor& x, const at::Tensor& g, double epsilon) {
   TORCH_CHECK(x.dim() >= 1, "perturb: x must have a batch dimension, got a 0-dim tensor");
@@ -34,6 +37,27 @@ inline void check_perturb_args(const at::Tensor& x, const at::Tensor& g, double 
               "perturb: x must be float32, float16, bfloat16 or float64, got ", t);
   TORCH_CHECK(std::isfinite(epsilon) && epsilon >= 0,
               "perturb: epsilon must be finite and >= 0, got ", epsilon);
+}
+
+// Per-sample radii as float64 [N] for a kernel (undefined when absent). The values are checked
+// here: on CUDA that reads one flag back (a device sync), which the scalar-epsilon path avoids.
+// TORCH_CHECK_VALUE / _TYPE raise Python ValueError / TypeError.
+inline at::Tensor prepare_eps_rows(const std::optional<at::Tensor>& e, const at::Tensor& x) {
+  if (!e.has_value() || !e->defined()) return at::Tensor();
+  const auto& t = *e;
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == x.size(0), "perturb: per-sample epsilon must have shape [N] = [",
+              x.size(0), "] for x of shape ", x.sizes(), ", got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == x.device(), "perturb: per-sample epsilon must be on x's device ",
+              x.device(), ", got ", t.device());
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()),
+              "perturb: per-sample epsilon must be a floating-point tensor, got ", t.scalar_type());
+  at::Tensor d = t.to(at::kDouble).contiguous();
+  if (d.numel() > 0) {
+    const bool ok = at::logical_and(at::isfinite(d), d >= 0).all().item<bool>();
+    TORCH_CHECK_VALUE(ok, "perturb: per-sample epsilon must be finite and >= 0 everywhere, got ",
+                "a negative, NaN or inf value");
+  }
+  return d;
 }
 
 inline at::Tensor prepare_bound(const std::optional<at::Tensor>& b, const char* name,
@@ -77,21 +101,25 @@ inline at::Tensor as_rows(const at::Tensor& t) {
 template <PerturbKernel kernel>
 at::Tensor perturb_functional(const at::Tensor& x, const at::Tensor& g, double epsilon,
                               const std::optional<at::Tensor>& clip_min,
-                              const std::optional<at::Tensor>& clip_max) {
+                              const std::optional<at::Tensor>& clip_max,
+                              const std::optional<at::Tensor>& epsilon_rows) {
   check_perturb_args(x, g, epsilon);
+  const at::Tensor er = prepare_eps_rows(epsilon_rows, x);
   ClipBounds cb = make_bounds(x, clip_min, clip_max);
   at::Tensor xc = x.contiguous(), gc = g.contiguous();
   at::Tensor out = at::empty_like(xc, at::MemoryFormat::Contiguous);
   at::Tensor out_rows = as_rows(out);
-  kernel(as_rows(xc), as_rows(gc), epsilon, cb, out_rows);
+  kernel(as_rows(xc), as_rows(gc), epsilon, er, cb, out_rows);
   return out;
 }
 
 template <PerturbKernel kernel>
 void perturb_out_impl(const at::Tensor& x, const at::Tensor& g, double epsilon,
                       const std::optional<at::Tensor>& clip_min,
-                      const std::optional<at::Tensor>& clip_max, at::Tensor& out) {
+                      const std::optional<at::Tensor>& clip_max,
+                      const std::optional<at::Tensor>& epsilon_rows, at::Tensor& out) {
   check_perturb_args(x, g, epsilon);
+  const at::Tensor er = prepare_eps_rows(epsilon_rows, x);
   TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() &&
                   out.device() == x.device(),
               "perturb: out must match x in shape, dtype and device, got out ", out.sizes(), " ",
@@ -105,11 +133,11 @@ void perturb_out_impl(const at::Tensor& x, const at::Tensor& g, double epsilon,
                       (!out.is_alias_of(xc) || out.data_ptr() == xc.data_ptr());
   if (direct) {
     at::Tensor out_rows = as_rows(out);
-    kernel(as_rows(xc), as_rows(gc), epsilon, cb, out_rows);
+    kernel(as_rows(xc), as_rows(gc), epsilon, er, cb, out_rows);
   } else {
     at::Tensor tmp = at::empty_like(xc, at::MemoryFormat::Contiguous);
     at::Tensor tmp_rows = as_rows(tmp);
-    kernel(as_rows(xc), as_rows(gc), epsilon, cb, tmp_rows);
+    kernel(as_rows(xc), as_rows(gc), epsilon, er, cb, tmp_rows);
     out.copy_(tmp);
   }
 }
@@ -117,8 +145,9 @@ void perturb_out_impl(const at::Tensor& x, const at::Tensor& g, double epsilon,
 template <PerturbKernel kernel>
 void perturb_inplace_impl(at::Tensor& x, const at::Tensor& g, double epsilon,
                           const std::optional<at::Tensor>& clip_min,
-                          const std::optional<at::Tensor>& clip_max) {
-  perturb_out_impl<kernel>(x, g, epsilon, clip_min, clip_max, x);
+                          const std::optional<at::Tensor>& clip_max,
+                          const std::optional<at::Tensor>& epsilon_rows) {
+  perturb_out_impl<kernel>(x, g, epsilon, clip_min, clip_max, epsilon_rows, x);
 }
 
 }  // namespace ssir_fast

@@ -19,12 +19,16 @@ TORCH_LIBRARY(ssir_fast, m) {
   // CUDA version the extension was compiled with (e.g. 13000), -1 for a CPU-only build.
   m.def("cuda_version() -> int", &ssir_fast::cuda_version);
 
-  // x + epsilon * g / ||g||_2 (norm per sample over all non-batch dims), clipped to
+  // x + eps_i * g / ||g||_2 (norm per sample over all non-batch dims), clipped to
   // [clip_min, clip_max]; bounds are float32 tensors of shape [] or [C] for x of shape [N, C, ...].
-  m.def("perturb(Tensor x, Tensor g, float epsilon, Tensor? clip_min, Tensor? clip_max) -> Tensor");
-  m.def("perturb_(Tensor(a!) x, Tensor g, float epsilon, Tensor? clip_min, Tensor? clip_max) -> ()");
+  // eps_i = epsilon, or epsilon * epsilon_rows[i] when per-sample radii epsilon_rows [N] (float,
+  // finite, >= 0, on x's device) are given.
+  m.def("perturb(Tensor x, Tensor g, float epsilon, Tensor? clip_min, Tensor? clip_max, "
+        "Tensor? epsilon_rows=None) -> Tensor");
+  m.def("perturb_(Tensor(a!) x, Tensor g, float epsilon, Tensor? clip_min, Tensor? clip_max, "
+        "Tensor? epsilon_rows=None) -> ()");
   m.def("perturb_out(Tensor x, Tensor g, float epsilon, Tensor? clip_min, Tensor? clip_max, "
-        "Tensor(a!) out) -> ()");
+        "Tensor(a!) out, Tensor? epsilon_rows=None) -> ()");
 
   // Per-bin DIR metric sums (SPEC 3.2): a [num_bins, 12] float64 table, columns in
   // csrc/bin_reduce_common.h. Targets outside the bin range go to the edge bins (and are counted);

@@ -208,3 +208,139 @@ def test_cuda_equals_cpu(dtype, shape):
     cpu = perturb(x, g, 1e-3, -1.0, 1.0)
     gpu = perturb(x.cuda(), g.cuda(), 1e-3, -1.0, 1.0).cpu()
     assert (gpu.float() - cpu.float()).abs().max() <= TOL[dtype] * 4
+
+
+# ---- per-sample epsilon (issue 12 item 2) ----------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("shape", [(5, 7), (4, 3, 5, 7), (3, 150528), (6, 1)])
+def test_per_sample_epsilon_matches_reference(device, dtype, shape):
+    torch.manual_seed(3)
+    x = torch.randn(shape, device=device).to(dtype)
+    g = torch.randn(shape, device=device).to(dtype)
+    eps = torch.rand(shape[0], device=device) * 2
+    eps[0] = 0.0  # a zero radius leaves its row unchanged
+    out = perturb(x, g, eps)
+    _close(out, perturb_reference(x, g, eps), dtype)
+    assert torch.equal(out[0], x[0])
+    lo, hi = -torch.ones(()), torch.ones(())
+    _close(perturb(x, g, eps, -1.0, 1.0), perturb_reference(x, g, eps, lo, hi), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_sample_epsilon_sets_each_norm(device):
+    x = torch.randn(6, 3, 4, 4, device=device, dtype=torch.float64)
+    g = torch.randn_like(x)
+    eps = torch.tensor([0.0, 1e-3, 0.5, 2.0, 7.0, 1e-6], device=device, dtype=torch.float64)
+    r = (perturb(x, g, eps) - x).reshape(6, -1).norm(dim=1)
+    torch.testing.assert_close(r, eps, rtol=1e-12, atol=1e-14)  # |x| ~ 1: out - x loses ~1e-16
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_sample_epsilon_constant_equals_scalar(device):
+    # A tensor of one value gives bit for bit the scalar result (the same radius is formed).
+    x = torch.randn(5, 2, 33, device=device)
+    g = torch.randn_like(x)
+    assert torch.equal(perturb(x, g, torch.full((5,), 0.37, device=device, dtype=torch.float64)),
+                       perturb(x, g, 0.37))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_sample_epsilon_out_and_inplace(device):
+    x = torch.randn(4, 3, 50, device=device)
+    g = torch.randn_like(x)
+    eps = torch.tensor([0.1, 0.0, 3.0, 0.5], device=device)
+    ref = perturb_reference(x, g, eps, -torch.ones(()), torch.ones(()))
+    out = torch.empty_like(x)
+    assert perturb(x, g, eps, -1.0, 1.0, out=out) is out
+    _close(out, ref, torch.float32)
+    x2 = x.clone()
+    perturb(x2, g, eps, -1.0, 1.0, out=x2)
+    _close(x2, ref, torch.float32)
+
+
+def test_per_sample_epsilon_fallback_matches_kernel():
+    x = torch.randn(4, 3, 5, 5)
+    g = torch.randn_like(x)
+    eps = torch.tensor([0.2, 0.0, 1.5, 0.9])
+    lo, hi = _bound(-1.0, "clip_min", x), _bound(1.0, "clip_max", x)
+    torch.testing.assert_close(perturb_torch(x, g, 1.0, lo, hi, eps), perturb(x, g, eps, lo, hi),
+                               atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_sample_epsilon_opcheck(device):
+    x = torch.randn(4, 3, 6, 5, device=device)
+    g = torch.randn_like(x)
+    eps = torch.tensor([0.4, 0.0, 1.0, 2.5], device=device)
+    lo = torch.tensor([-1.0, -0.5, 0.0], device=device)
+    torch.library.opcheck(torch.ops.ssir_fast.perturb.default, (x, g, 1.0, lo, None, eps))
+    torch.library.opcheck(torch.ops.ssir_fast.perturb.default,
+                          (x.requires_grad_(), g.requires_grad_(), 0.5, None, None, eps))
+    torch.library.opcheck(torch.ops.ssir_fast.perturb_.default,
+                          (x.detach().clone(), g.detach(), 1.0, lo, None, eps))
+    torch.library.opcheck(torch.ops.ssir_fast.perturb_out.default,
+                          (x.detach(), g.detach(), 1.0, None, None, torch.empty_like(x), eps))
+
+
+def test_per_sample_epsilon_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    eps = torch.tensor([0.8, 0.0, 2.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b: perturb(a, b, eps), (x, g))
+    assert torch.autograd.gradcheck(lambda a, b: perturb(a, b, eps, -0.7, 0.9), (x, g))
+
+
+def test_per_sample_epsilon_is_not_differentiated():
+    x = torch.randn(3, 4, requires_grad=True)
+    g = torch.randn(3, 4)
+    eps = torch.tensor([0.5, 1.0, 2.0], requires_grad=True)
+    perturb(x, g, eps).sum().backward()
+    assert eps.grad is None and x.grad is not None
+
+
+def test_per_sample_epsilon_compile():
+    def step(x, g, eps):
+        return perturb(x, g, eps, -2.0, 2.0) * 2
+
+    x, g, eps = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8), torch.rand(4)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    assert torch.allclose(compiled(x, g, eps), step(x, g, eps))
+
+
+@pytest.mark.parametrize("eps, exc, words", [
+    (torch.ones(3), ValueError, r"shape \[N\] = \[4\]"),
+    (torch.ones(4, 1), ValueError, r"shape \[N\] = \[4\]"),
+    (torch.ones(()), ValueError, r"shape \[N\] = \[4\]"),
+    (torch.ones(4, device="meta"), ValueError, "epsilon must be on x's device"),
+    (torch.ones(4, dtype=torch.int64), TypeError, "epsilon must be a floating-point tensor"),
+    (torch.tensor([0.1, -0.1, 0.2, 0.3]), ValueError, "finite and >= 0"),
+    (torch.tensor([0.1, float("nan"), 0.2, 0.3]), ValueError, "finite and >= 0"),
+    (torch.tensor([0.1, float("inf"), 0.2, 0.3]), ValueError, "finite and >= 0"),
+])
+def test_per_sample_epsilon_bad_input(eps, exc, words):
+    with pytest.raises(exc, match=words):
+        perturb(torch.randn(4, 5), torch.randn(4, 5), eps)
+
+
+def test_per_sample_epsilon_cpp_checks():
+    x, g = torch.randn(4, 5), torch.randn(4, 5)
+    for eps, exc, words in ((torch.ones(3), ValueError, r"shape \[N\] = \[4\]"),
+                            (torch.tensor([0.1, -1.0, 0.0, 0.0]), ValueError, "finite and >= 0"),
+                            (torch.tensor([0.1, float("nan"), 0.0, 0.0]), ValueError, "finite and >= 0"),
+                            (torch.ones(4, dtype=torch.int32), TypeError, "floating-point")):
+        with pytest.raises(exc, match=words):
+            torch.ops.ssir_fast.perturb(x, g, 1.0, None, None, eps)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(64, 3, 224, 224), (4096, 128), (7, 1001)])
+def test_cuda_per_sample_epsilon_equals_cpu(dtype, shape):
+    x = torch.randn(shape).to(dtype)
+    g = torch.randn(shape).to(dtype)
+    eps = torch.rand(shape[0]) * 1e-2
+    cpu = perturb(x, g, eps, -1.0, 1.0)
+    gpu = perturb(x.cuda(), g.cuda(), eps.cuda(), -1.0, 1.0).cpu()
+    assert (gpu.float() - cpu.float()).abs().max() <= TOL[dtype] * 4

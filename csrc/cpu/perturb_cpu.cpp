@@ -1,4 +1,5 @@
-// CPU kernel of ssir_fast::perturb:  out = clip(x + epsilon * g / ||g||_2, lo, hi), per row.
+// CPU kernel of ssir_fast::perturb:  out = clip(x + eps_i * g / ||g||_2, lo, hi), per row i, with
+// eps_i = epsilon, or epsilon * epsilon_rows[i] when per-sample radii are given.
 //
 // Work is cut into chunks of at most kChunk elements that never cross a row, so both many short
 // rows ([4096, 128]) and a few long ones ([256, 3*224*224]) spread over all threads.
@@ -55,8 +56,8 @@ void scale_add_clip(const scalar_t* x, const scalar_t* g, scalar_t* out, int64_t
 }
 
 template <typename scalar_t>
-void perturb_rows(const at::Tensor& x, const at::Tensor& g, double epsilon, const ClipBounds& cb,
-                  at::Tensor& out) {
+void perturb_rows(const at::Tensor& x, const at::Tensor& g, double epsilon,
+                  const at::Tensor& eps_rows, const ClipBounds& cb, at::Tensor& out) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   const int64_t N = x.size(0), L = x.size(1);
   if (N == 0 || L == 0) return;
@@ -70,6 +71,7 @@ void perturb_rows(const at::Tensor& x, const at::Tensor& g, double epsilon, cons
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::min(L, kChunk));
   const float* lo = cb.has_clip ? cb.lo.const_data_ptr<float>() : nullptr;
   const float* hi = cb.has_clip ? cb.hi.const_data_ptr<float>() : nullptr;
+  const double* er = eps_rows.defined() ? eps_rows.const_data_ptr<double>() : nullptr;
 
   // Applies the update to elements [j, stop) of `row`, in runs of one channel so the clip
   // bounds are loop constants.
@@ -90,15 +92,16 @@ void perturb_rows(const at::Tensor& x, const at::Tensor& g, double epsilon, cons
     }
   };
   // A zero gradient gives no direction: r = 0, never 0/0.
-  auto scale_of = [&](double sumsq) {
-    return sumsq > 0 ? static_cast<acc_t>(epsilon / std::sqrt(sumsq)) : acc_t(0);
+  auto scale_of = [&](int64_t row, double sumsq) {
+    const double eps = er != nullptr ? epsilon * er[row] : epsilon;
+    return sumsq > 0 ? static_cast<acc_t>(eps / std::sqrt(sumsq)) : acc_t(0);
   };
 
   if (cpr == 1) {
     // Short rows: norm then update, row by row, while the row of g is still in cache.
     at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        apply(row, 0, L, scale_of(sum_squares<scalar_t, acc_t>(gp + row * L, L)));
+        apply(row, 0, L, scale_of(row, sum_squares<scalar_t, acc_t>(gp + row * L, L)));
       }
     });
     return;
@@ -116,7 +119,7 @@ void perturb_rows(const at::Tensor& x, const at::Tensor& g, double epsilon, cons
   for (int64_t row = 0; row < N; ++row) {
     double s = 0;
     for (int64_t c = 0; c < cpr; ++c) s += partial[row * cpr + c];
-    scale[row] = scale_of(s);
+    scale[row] = scale_of(row, s);
   }
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
@@ -127,9 +130,9 @@ void perturb_rows(const at::Tensor& x, const at::Tensor& g, double epsilon, cons
 }
 
 void perturb_kernel_cpu(const at::Tensor& x, const at::Tensor& g, double epsilon,
-                        const ClipBounds& cb, at::Tensor& out) {
+                        const at::Tensor& eps_rows, const ClipBounds& cb, at::Tensor& out) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "perturb_cpu", [&] {
-    perturb_rows<scalar_t>(x, g, epsilon, cb, out);
+    perturb_rows<scalar_t>(x, g, epsilon, eps_rows, cb, out);
   });
 }
 
@@ -137,20 +140,23 @@ void perturb_kernel_cpu(const at::Tensor& x, const at::Tensor& g, double epsilon
 
 at::Tensor perturb_cpu(const at::Tensor& x, const at::Tensor& g, double epsilon,
                        const std::optional<at::Tensor>& clip_min,
-                       const std::optional<at::Tensor>& clip_max) {
-  return perturb_functional<perturb_kernel_cpu>(x, g, epsilon, clip_min, clip_max);
+                       const std::optional<at::Tensor>& clip_max,
+                       const std::optional<at::Tensor>& epsilon_rows) {
+  return perturb_functional<perturb_kernel_cpu>(x, g, epsilon, clip_min, clip_max, epsilon_rows);
 }
 
 void perturb_inplace_cpu(at::Tensor& x, const at::Tensor& g, double epsilon,
                          const std::optional<at::Tensor>& clip_min,
-                         const std::optional<at::Tensor>& clip_max) {
-  perturb_inplace_impl<perturb_kernel_cpu>(x, g, epsilon, clip_min, clip_max);
+                         const std::optional<at::Tensor>& clip_max,
+                         const std::optional<at::Tensor>& epsilon_rows) {
+  perturb_inplace_impl<perturb_kernel_cpu>(x, g, epsilon, clip_min, clip_max, epsilon_rows);
 }
 
 void perturb_out_cpu(const at::Tensor& x, const at::Tensor& g, double epsilon,
                      const std::optional<at::Tensor>& clip_min,
-                     const std::optional<at::Tensor>& clip_max, at::Tensor& out) {
-  perturb_out_impl<perturb_kernel_cpu>(x, g, epsilon, clip_min, clip_max, out);
+                     const std::optional<at::Tensor>& clip_max, at::Tensor& out,
+                     const std::optional<at::Tensor>& epsilon_rows) {
+  perturb_out_impl<perturb_kernel_cpu>(x, g, epsilon, clip_min, clip_max, epsilon_rows, out);
 }
 
 }  // namespace ssir_fast

@@ -81,7 +81,8 @@ __global__ void row_sumsq_kernel(const T* __restrict__ g, int64_t L, int64_t cpr
 template <typename T, bool kClip, bool kPerChannel>
 __global__ void scale_add_clip_kernel(const T* __restrict__ x, const T* g, T* out, int64_t L,
                                       int64_t cpr, const typename AccType<T>::type* partial,
-                                      double epsilon, const float* __restrict__ lo,
+                                      double epsilon, const double* __restrict__ eps_rows,
+                                      const float* __restrict__ lo,
                                       const float* __restrict__ hi, int64_t nc, int64_t inner,
                                       bool vec) {
   using acc_t = typename AccType<T>::type;
@@ -92,7 +93,8 @@ __global__ void scale_add_clip_kernel(const T* __restrict__ x, const T* g, T* ou
   for (int64_t k = threadIdx.x; k < cpr; k += blockDim.x) s += partial[row * cpr + k];
   s = cuda::block_sum(s, smem);
   // A zero gradient gives no direction: r = 0, never 0/0.
-  const acc_t scale = s > 0 ? static_cast<acc_t>(epsilon) / sqrt(s) : acc_t(0);
+  const double eps = eps_rows != nullptr ? epsilon * eps_rows[row] : epsilon;
+  const acc_t scale = s > 0 ? static_cast<acc_t>(eps) / sqrt(s) : acc_t(0);
 
   const int64_t begin = c * kChunk, end = min(begin + kChunk, L);
   const T* xr = x + row * L;
@@ -126,8 +128,8 @@ __global__ void scale_add_clip_kernel(const T* __restrict__ x, const T* g, T* ou
 }
 
 template <typename T>
-void launch(const at::Tensor& x, const at::Tensor& g, double epsilon, const ClipBounds& cb,
-            at::Tensor& out) {
+void launch(const at::Tensor& x, const at::Tensor& g, double epsilon, const at::Tensor& eps_rows,
+            const ClipBounds& cb, at::Tensor& out) {
   using acc_t = typename AccType<T>::type;
   const int64_t N = x.size(0), L = x.size(1);
   if (N == 0 || L == 0) return;
@@ -150,9 +152,10 @@ void launch(const at::Tensor& x, const at::Tensor& g, double epsilon, const Clip
   const float* lo = cb.has_clip ? cb.lo.const_data_ptr<float>() : nullptr;
   const float* hi = cb.has_clip ? cb.hi.const_data_ptr<float>() : nullptr;
   const acc_t* pp = partial.const_data_ptr<acc_t>();
+  const double* er = eps_rows.defined() ? eps_rows.const_data_ptr<double>() : nullptr;
 #define SSIR_LAUNCH(CLIP, PC)                                                                  \
   scale_add_clip_kernel<T, CLIP, PC><<<grid, kThreads, 0, stream>>>(xp, gp, op, L, cpr, pp,   \
-                                                                    epsilon, lo, hi, cb.nc,    \
+                                                                    epsilon, er, lo, hi, cb.nc,\
                                                                     cb.inner, vec)
   if (!cb.has_clip) {
     SSIR_LAUNCH(false, false);
@@ -166,10 +169,10 @@ void launch(const at::Tensor& x, const at::Tensor& g, double epsilon, const Clip
 }
 
 void perturb_kernel_cuda(const at::Tensor& x, const at::Tensor& g, double epsilon,
-                         const ClipBounds& cb, at::Tensor& out) {
+                         const at::Tensor& eps_rows, const ClipBounds& cb, at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(x.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "perturb_cuda", [&] {
-    launch<scalar_t>(x, g, epsilon, cb, out);
+    launch<scalar_t>(x, g, epsilon, eps_rows, cb, out);
   });
 }
 
@@ -177,20 +180,23 @@ void perturb_kernel_cuda(const at::Tensor& x, const at::Tensor& g, double epsilo
 
 at::Tensor perturb_cuda(const at::Tensor& x, const at::Tensor& g, double epsilon,
                         const std::optional<at::Tensor>& clip_min,
-                        const std::optional<at::Tensor>& clip_max) {
-  return perturb_functional<perturb_kernel_cuda>(x, g, epsilon, clip_min, clip_max);
+                        const std::optional<at::Tensor>& clip_max,
+                        const std::optional<at::Tensor>& epsilon_rows) {
+  return perturb_functional<perturb_kernel_cuda>(x, g, epsilon, clip_min, clip_max, epsilon_rows);
 }
 
 void perturb_inplace_cuda(at::Tensor& x, const at::Tensor& g, double epsilon,
                           const std::optional<at::Tensor>& clip_min,
-                          const std::optional<at::Tensor>& clip_max) {
-  perturb_inplace_impl<perturb_kernel_cuda>(x, g, epsilon, clip_min, clip_max);
+                          const std::optional<at::Tensor>& clip_max,
+                          const std::optional<at::Tensor>& epsilon_rows) {
+  perturb_inplace_impl<perturb_kernel_cuda>(x, g, epsilon, clip_min, clip_max, epsilon_rows);
 }
 
 void perturb_out_cuda(const at::Tensor& x, const at::Tensor& g, double epsilon,
                       const std::optional<at::Tensor>& clip_min,
-                      const std::optional<at::Tensor>& clip_max, at::Tensor& out) {
-  perturb_out_impl<perturb_kernel_cuda>(x, g, epsilon, clip_min, clip_max, out);
+                      const std::optional<at::Tensor>& clip_max, at::Tensor& out,
+                      const std::optional<at::Tensor>& epsilon_rows) {
+  perturb_out_impl<perturb_kernel_cuda>(x, g, epsilon, clip_min, clip_max, epsilon_rows, out);
 }
 
 }  // namespace ssir_fast

@@ -47,8 +47,9 @@ static void test_perturb() {
                          .findSchemaOrThrow("ssir_fast::perturb", "")
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double,
                                            const std::optional<at::Tensor>&,
+                                           const std::optional<at::Tensor>&,
                                            const std::optional<at::Tensor>&)>();
-    auto via_dispatcher = op.call(x, g, 0.7, lo, hi);
+    auto via_dispatcher = op.call(x, g, 0.7, lo, hi, std::nullopt);
     EXPECT(at::equal(via_dispatcher, out), "ssir_fast::perturb is registered for CPU");
 
     auto inplace = x.clone();

@@ -1,8 +1,9 @@
 """The SSIR perturbation update (SPEC 3.1).
 
-    out_i = clip(x_i + epsilon * g_i / ||g_i||_2, clip_min, clip_max)
+    out_i = clip(x_i + eps_i * g_i / ||g_i||_2, clip_min, clip_max)
 
-with the norm taken per sample i over all non-batch dims. A row with ||g_i|| = 0 gets no
+with the norm taken per sample i over all non-batch dims and eps_i = epsilon (a float) or
+epsilon[i] (a tensor of per-sample radii, issue 12's auto-epsilon). A row with ||g_i|| = 0 gets no
 perturbation (out_i = clip(x_i)), never NaN. Math is fp32 for fp32/fp16/bf16 inputs (fp64 for
 fp64). Kernels: csrc/cpu/perturb_cpu.cpp, csrc/cuda/perturb_cuda.cu.
 """
@@ -43,13 +44,30 @@ def _check_order(lo, hi):
                          f"clip_max={hi.tolist()}")
 
 
+def _epsilon(epsilon, x):
+    """(scalar radius, per-sample radii or None) as the op takes them."""
+    if not isinstance(epsilon, torch.Tensor):
+        return require_finite_nonneg(epsilon, "epsilon"), None
+    if epsilon.dim() != 1 or epsilon.shape[0] != x.shape[0]:
+        raise ValueError(f"epsilon must be a float or a tensor of shape [N] = [{x.shape[0]}] (one "
+                         f"radius per sample), got shape {tuple(epsilon.shape)}")
+    if epsilon.device != x.device:
+        raise ValueError(f"epsilon must be on x's device {x.device}, got {epsilon.device}")
+    if not epsilon.is_floating_point():
+        raise TypeError(f"epsilon must be a floating-point tensor, got {epsilon.dtype}")
+    return 1.0, epsilon.detach()
+
+
 def perturb(x, g, epsilon, clip_min=None, clip_max=None, out=None):
-    """clip(x + epsilon * g / ||g||_2, clip_min, clip_max), norm per sample (dim 0 is the batch).
+    """clip(x + eps_i * g / ||g||_2, clip_min, clip_max), norm per sample (dim 0 is the batch).
 
     Args:
         x: inputs [N, ...], float32/float16/bfloat16/float64.
         g: gradient direction, same shape, dtype and device as x.
-        epsilon: perturbation radius, finite and >= 0 (||out - x||_2 <= epsilon before clipping).
+        epsilon: perturbation radius eps_i, finite and >= 0 (||out_i - x_i||_2 <= eps_i before
+            clipping): a float for all samples, or a float tensor of shape [N] on x's device, one
+            radius per sample. A tensor is checked for negative/NaN/inf values (on CUDA that reads
+            one flag back, a device sync) and is treated as a constant: no gradient flows to it.
         clip_min, clip_max: None, a float, or a per-channel tensor of shape [C] for x [N, C, ...].
         out: optional output tensor; may be `x` itself (in-place update).
 
@@ -61,7 +79,7 @@ def perturb(x, g, epsilon, clip_min=None, clip_max=None, out=None):
         raise ValueError("x must have a batch dimension, got a 0-dim tensor")
     require_float_dtype(x, "x")
     require_same(x, g, "x", "g")
-    epsilon = require_finite_nonneg(epsilon, "epsilon")
+    epsilon, eps_rows = _epsilon(epsilon, x)
     lo, hi = _bound(clip_min, "clip_min", x), _bound(clip_max, "clip_max", x)
     _check_order(lo, hi)
     if out is not None:
@@ -71,15 +89,23 @@ def perturb(x, g, epsilon, clip_min=None, clip_max=None, out=None):
                              f"{tuple(out.shape)} {out.dtype} on {out.device} for x "
                              f"{tuple(x.shape)} {x.dtype} on {x.device}")
     if not HAS_EXTENSION:
-        result = perturb_torch(x, g, epsilon, lo, hi)
+        if eps_rows is not None:
+            _check_eps_values(eps_rows)
+        result = perturb_torch(x, g, epsilon, lo, hi, eps_rows)
         return result if out is None else out.copy_(result)
     if out is None:
-        return torch.ops.ssir_fast.perturb.default(x, g, epsilon, lo, hi)
+        return torch.ops.ssir_fast.perturb.default(x, g, epsilon, lo, hi, eps_rows)
     if out is x:
-        torch.ops.ssir_fast.perturb_.default(x, g, epsilon, lo, hi)
+        torch.ops.ssir_fast.perturb_.default(x, g, epsilon, lo, hi, eps_rows)
     else:
-        torch.ops.ssir_fast.perturb_out.default(x, g, epsilon, lo, hi, out)
+        torch.ops.ssir_fast.perturb_out.default(x, g, epsilon, lo, hi, out, eps_rows)
     return out
+
+
+def _check_eps_values(eps_rows):
+    if not bool((torch.isfinite(eps_rows) & (eps_rows >= 0)).all()):
+        raise ValueError("per-sample epsilon must be finite and >= 0 everywhere, got a negative, "
+                         "NaN or inf value")
 
 
 def _channel_view(bound, x):
@@ -89,14 +115,20 @@ def _channel_view(bound, x):
     return bound.reshape((1, -1) + (1,) * (x.dim() - 2))
 
 
-def perturb_torch(x, g, epsilon, clip_min=None, clip_max=None):
+def _radius(epsilon, eps_rows, acc):
+    """eps_i as the kernels form it: epsilon, or epsilon * eps_rows[i] (in float64, then acc)."""
+    return epsilon if eps_rows is None else (epsilon * eps_rows.double()).to(acc)
+
+
+def perturb_torch(x, g, epsilon, clip_min=None, clip_max=None, epsilon_rows=None):
     """Eager PyTorch version of `perturb` (the fallback and the benchmark baseline).
 
-    Takes bounds already converted by `_bound` (None or float32 tensors)."""
+    Takes bounds already converted by `_bound` (None or float32 tensors); the radius of row i is
+    epsilon, times epsilon_rows[i] when that [N] tensor is given (as the op)."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     n = x.shape[0]
     norm = g.reshape(n, -1).to(acc).norm(dim=1) if n else g.new_zeros(0, dtype=acc)
-    scale = torch.where(norm > 0, epsilon / norm, torch.zeros_like(norm))
+    scale = torch.where(norm > 0, _radius(epsilon, epsilon_rows, acc) / norm, torch.zeros_like(norm))
     v = x.to(acc) + scale.reshape((-1,) + (1,) * (x.dim() - 1)) * g.to(acc)
     lo, hi = _channel_view(clip_min, x), _channel_view(clip_max, x)
     if lo is not None or hi is not None:
@@ -108,32 +140,35 @@ def perturb_torch(x, g, epsilon, clip_min=None, clip_max=None):
 if HAS_EXTENSION:
 
     @torch.library.register_fake("ssir_fast::perturb")
-    def _perturb_fake(x, g, epsilon, clip_min, clip_max):
+    def _perturb_fake(x, g, epsilon, clip_min, clip_max, epsilon_rows=None):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("ssir_fast::perturb_")
-    def _perturb_inplace_fake(x, g, epsilon, clip_min, clip_max):
+    def _perturb_inplace_fake(x, g, epsilon, clip_min, clip_max, epsilon_rows=None):
         return None
 
     @torch.library.register_fake("ssir_fast::perturb_out")
-    def _perturb_out_fake(x, g, epsilon, clip_min, clip_max, out):
+    def _perturb_out_fake(x, g, epsilon, clip_min, clip_max, out, epsilon_rows=None):
         return None
 
     def _setup_context(ctx, inputs, output):
-        x, g, epsilon, clip_min, clip_max = inputs
-        ctx.save_for_backward(x, g, clip_min, clip_max)
+        x, g, epsilon, clip_min, clip_max, *rest = inputs
+        eps_rows = rest[0] if rest else None
+        ctx.save_for_backward(x, g, clip_min, clip_max, eps_rows)
         ctx.epsilon = epsilon
 
     def _backward(ctx, grad):
-        """d out / d x = m (the clip mask); d out / d g = m * (eps/||g||) (I - u u^T), u = g/||g||."""
-        x, g, clip_min, clip_max = ctx.saved_tensors
+        """d out / d x = m (the clip mask); d out / d g = m * (eps_i/||g||) (I - u u^T), u = g/||g||.
+        The radii (float epsilon or the per-sample tensor) are constants: no gradient."""
+        x, g, clip_min, clip_max, eps_rows = ctx.saved_tensors
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         n = x.shape[0]
         shape = (-1,) + (1,) * (x.dim() - 1)
         gf = g.to(acc)
         norm = gf.reshape(n, -1).norm(dim=1)
         safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-        scale = torch.where(norm > 0, ctx.epsilon / safe, torch.zeros_like(norm)).reshape(shape)
+        radius = _radius(ctx.epsilon, eps_rows, acc)
+        scale = torch.where(norm > 0, radius / safe, torch.zeros_like(norm)).reshape(shape)
         w = grad.to(acc)
         if clip_min is not None or clip_max is not None:
             v = x.to(acc) + scale * gf
@@ -147,6 +182,6 @@ if HAS_EXTENSION:
         u = gf / safe.reshape(shape)
         proj = (u * w).reshape(n, -1).sum(dim=1).reshape(shape)
         grad_g = scale * (w - u * proj)
-        return w.to(x.dtype), grad_g.to(g.dtype), None, None, None
+        return w.to(x.dtype), grad_g.to(g.dtype), None, None, None, None
 
     torch.library.register_autograd("ssir_fast::perturb", _backward, setup_context=_setup_context)
