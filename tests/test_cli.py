@@ -557,3 +557,47 @@ def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, capsys):
     assert "already trained 3 epochs" in capsys.readouterr().err
     assert main(["train", *args, "--epochs", "4", "--lam", "0.5", "--out", part, "--resume"]) == 2
     assert "different options" in capsys.readouterr().err
+
+
+# torchvision's resnet18 state-dict keys (torchvision.models.resnet18().state_dict(), fc.* left
+# out: the regression head replaces it), written out by hand: BN layers carry five entries.
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+TV_RESNET18_KEYS = (
+    ["conv1.weight"] + [f"bn1.{k}" for k in _BN]
+    + [f"layer1.{b}.{m}" for b in (0, 1) for m in
+       ["conv1.weight", *(f"bn1.{k}" for k in _BN), "conv2.weight", *(f"bn2.{k}" for k in _BN)]]
+    + [f"layer{i}.{b}.{m}" for i in (2, 3, 4) for b in (0, 1) for m in
+       ["conv1.weight", *(f"bn1.{k}" for k in _BN), "conv2.weight", *(f"bn2.{k}" for k in _BN),
+        *(["downsample.0.weight", *(f"downsample.1.{k}" for k in _BN)] if b == 0 else [])]])
+TV_RESNET18_SHAPES = {"conv1.weight": (64, 3, 7, 7), "layer1.0.conv1.weight": (64, 64, 3, 3),
+                      "layer2.0.conv1.weight": (128, 64, 3, 3),
+                      "layer2.0.downsample.0.weight": (128, 64, 1, 1),
+                      "layer4.1.conv2.weight": (512, 512, 3, 3), "layer4.1.bn2.weight": (512,)}
+
+
+def test_builtin_resnet_state_dict_keys_are_torchvisions():
+    from ssir_fast.train.models import ResNet, build_model
+    sd = ResNet(18, 64, small_input=False).state_dict()
+    assert list(sd) == TV_RESNET18_KEYS and len(sd) == 120       # 122 with fc
+    for k, shape in TV_RESNET18_SHAPES.items():
+        assert tuple(sd[k].shape) == shape, k
+    r50 = ResNet(50, 64, small_input=False).state_dict()
+    assert len(r50) == 318                                        # torchvision: 320 with fc
+    assert tuple(r50["layer1.0.conv3.weight"].shape) == (256, 64, 1, 1)
+    assert tuple(r50["layer4.2.bn3.running_var"].shape) == (2048,)
+    assert tuple(r50["layer3.0.downsample.0.weight"].shape) == (1024, 512, 1, 1)
+    # the image presets' model: encoder.<torchvision key>
+    m = build_model("resnet18", (3, 224, 224))
+    assert [k[len("encoder."):] for k in m.state_dict() if k.startswith("encoder.")] == \
+        TV_RESNET18_KEYS
+    try:                      # and, where a working torchvision is installed, the real thing
+        import torchvision
+    except Exception:         # not installed, or a build that does not match this torch
+        return
+    tv = torchvision.models.resnet18(weights=None).eval()
+    ours = ResNet(18, small_input=False).eval()
+    ours.load_state_dict({k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")})
+    tv.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 96, 96)
+    torch.testing.assert_close(ours(x), tv(x))
+    tv.load_state_dict(ResNet(18, small_input=False).state_dict())

@@ -4,10 +4,13 @@
 
 - ``mlp``: 2-layer MLP (tabular data, the motivation experiment).
 - ``cnn``: a small conv net (4 conv-BN-ReLU layers), the fast default for the 32 px default data.
-- ``resnet18`` / ``resnet50``: torchvision's models (trained from scratch, as in DIR) when
-  torchvision is installed and ``width`` = 64, else the built-in ResNet below (same layout:
-  BasicBlock [2, 2, 2, 2] / Bottleneck [3, 4, 6, 3]; a 3x3 stride-1 stem without max-pool for
-  inputs of 64 px or less, the ImageNet 7x7 stride-2 stem + max-pool otherwise).
+- ``resnet18`` / ``resnet50``: the built-in ResNet below, trained from scratch as in DIR. Its
+  layout and state-dict keys are torchvision's (conv1, bn1, layer1.0.conv1, ...,
+  layer2.0.downsample.0; no fc, the regression head replaces it), so weights move both ways
+  between it and torchvision's resnet18/50, and runs do not depend on whether torchvision is
+  installed. BasicBlock [2, 2, 2, 2] / Bottleneck [3, 4, 6, 3] (stride on the 3x3 conv, v1.5);
+  the ImageNet 7x7 stride-2 stem + max-pool, or for inputs of 64 px or less a 3x3 stride-1
+  ``conv1`` and no max-pool.
 - ``depthnet``: the NYUD2 encoder-decoder: a ResNet encoder (4 stages) and a decoder that
   upsamples the deepest map and fuses the skip connections (sum after a 1x1 projection), ending in
   a 1-channel depth map at the input resolution.
@@ -35,12 +38,12 @@ class _BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
-        self.down = _shortcut(cin, width, stride)
+        self.downsample = _shortcut(cin, width, stride)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.down is None else self.down(x)))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
 class _Bottleneck(nn.Module):
@@ -55,13 +58,13 @@ class _Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
-        self.down = _shortcut(cin, cout, stride)
+        self.downsample = _shortcut(cin, cout, stride)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + (x if self.down is None else self.down(x)))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
 def _shortcut(cin, cout, stride):
@@ -71,8 +74,8 @@ def _shortcut(cin, cout, stride):
 
 
 class ResNet(nn.Module):
-    """Built-in ResNet feature extractor; ``forward`` returns the pooled features [N, C], and
-    ``stages(x)`` the four stage outputs (for the depth decoder)."""
+    """Built-in ResNet feature extractor with torchvision's module names; ``forward`` returns the
+    pooled features [N, C], and ``stages(x)`` the four stage outputs (for the depth decoder)."""
 
     def __init__(self, depth=18, width=64, small_input=True, in_channels=3):
         super().__init__()
@@ -80,12 +83,12 @@ class ResNet(nn.Module):
             raise ValueError(f"depth must be 18 or 50, got {depth}")
         block, layers = (_BasicBlock, (2, 2, 2, 2)) if depth == 18 else (_Bottleneck, (3, 4, 6, 3))
         if small_input:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
-                                      nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+            self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         else:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
-                                      nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                                      nn.MaxPool2d(3, 2, 1))
+            self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
         cin, self.channels = width, []
         stages = []
         for i, n in enumerate(layers):
@@ -103,7 +106,7 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def stages(self, x):
-        x = self.stem(x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         out = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)
@@ -112,19 +115,6 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         return torch.flatten(F.adaptive_avg_pool2d(self.stages(x)[-1], 1), 1)
-
-
-def _torchvision_resnet(depth):
-    """torchvision's resnet18/50 without its fc layer (features [N, 512 or 2048]), or None."""
-    try:
-        import torchvision
-    except ImportError:
-        return None
-    net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-    out = net.fc.in_features
-    net.fc = nn.Identity()
-    net.out_features = out
-    return net
 
 
 class SmallCNN(nn.Module):
@@ -170,30 +160,16 @@ class DepthNet(nn.Module):
 
     def __init__(self, depth=50, width=64, dec=128):
         super().__init__()
-        tv = _torchvision_resnet(depth) if width == 64 else None
-        self.encoder = tv if tv is not None else ResNet(depth, width, small_input=False)
-        chans = ([64 * 2 ** i * (1 if depth == 18 else 4) for i in range(4)] if tv is not None
-                 else self.encoder.channels)
-        self.proj = nn.ModuleList(nn.Conv2d(c, dec, 1) for c in chans)
+        self.encoder = ResNet(depth, width, small_input=False)
+        self.proj = nn.ModuleList(nn.Conv2d(c, dec, 1) for c in self.encoder.channels)
         self.fuse = nn.ModuleList(nn.Sequential(nn.Conv2d(dec, dec, 3, padding=1, bias=False),
                                                 nn.BatchNorm2d(dec), nn.ReLU(inplace=True))
                                   for _ in range(3))
         self.out = nn.Sequential(nn.Conv2d(dec, dec // 2, 3, padding=1), nn.ReLU(inplace=True),
                                  nn.Conv2d(dec // 2, 1, 3, padding=1))
 
-    def _stages(self, x):
-        e = self.encoder
-        if isinstance(e, ResNet):
-            return e.stages(x)
-        x = e.maxpool(e.relu(e.bn1(e.conv1(x))))
-        out = []
-        for layer in (e.layer1, e.layer2, e.layer3, e.layer4):
-            x = layer(x)
-            out.append(x)
-        return out
-
     def forward(self, x):
-        s = self._stages(x)
+        s = self.encoder.stages(x)
         d = self.proj[3](s[3])
         for k in (2, 1, 0):
             d = F.interpolate(d, size=s[k].shape[-2:], mode="bilinear", align_corners=False)
@@ -261,11 +237,7 @@ def build_model(name, in_shape, width=None, fds=None, channels_last=False):
     else:
         depth = int(name[len("resnet"):])
         small = max(in_shape[-2:]) <= 64
-        enc = None
-        if (width or 64) == 64 and not small and in_shape[0] == 3:
-            enc = _torchvision_resnet(depth)
-        if enc is None:
-            enc = ResNet(depth, width or 64, small_input=small, in_channels=in_shape[0])
+        enc = ResNet(depth, width or 64, small_input=small, in_channels=in_shape[0])
     feat = enc.out_features
     model = Regressor(enc, nn.Linear(feat, 1), fds(feat) if fds is not None else None)
     return model
