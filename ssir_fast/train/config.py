@@ -148,7 +148,10 @@ class TrainConfig:
     seed: int = _f(0, "random seed", flag_type=int)
     deterministic: bool = _f(False, "deterministic algorithms (slower on GPU)")
     device: str = _f("auto", "device: auto, cpu, cuda, cuda:N")
-    amp: bool = _f(True, "bf16 autocast on GPU (ignored on CPU)")
+    amp: bool = _f(True, "mixed precision on GPU (ignored on CPU): bf16 autocast, or fp16 with "
+                   "a gradient scaler on GPUs without bf16")
+    amp_dtype: str = _f("auto", "mixed-precision dtype (auto: bf16 where supported, else fp16)",
+                        ("auto", "bf16", "fp16"))
     channels_last: bool = _f(True, "channels_last memory format on GPU (ignored on CPU)")
     compile: bool = _f(False, "torch.compile the model")
     threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's; 1 for the small "
@@ -487,7 +490,8 @@ def validate(cfg):
             errs.append(msg)
 
     for name, choices in (("data", DATASETS), ("model", MODELS), ("loss", LOSSES),
-                          ("reweight", REWEIGHTS), ("schedule", SCHEDULES)):
+                          ("reweight", REWEIGHTS), ("schedule", SCHEDULES),
+                          ("amp_dtype", ("auto", "bf16", "fp16"))):
         v = getattr(cfg, name)
         need(v in choices, f"--{name.replace('_', '-')} must be one of {list(choices)}, got {v!r}")
     for name in ("epochs", "batch_size", "n_steps", "lds_ks", "fds_ks", "smogn_k",

@@ -37,6 +37,7 @@ from .checkpoint import (FORMAT, atomic_save, load_checkpoint, load_model_state,
                          set_rng_state)
 from .config import ConfigError, describe, validate
 from .models import build_model
+from .precision import choose_precision
 
 __all__ = ["Trainer", "train", "evaluate_checkpoint", "format_table", "atomic_save"]
 
@@ -194,6 +195,8 @@ class Trainer:
             os.makedirs(self.out, exist_ok=True)
         self.cuda = self.device.type == "cuda"
         self.amp = cfg.amp and self.cuda
+        # bf16 autocast where the GPU has it, else fp16 + GradScaler (or a clear refusal)
+        self.precision = choose_precision(self.device, cfg.amp, cfg.amp_dtype, self.log)
         self.channels_last = cfg.channels_last and self.cuda
 
     def log(self, *a):
@@ -304,7 +307,7 @@ class Trainer:
 
     # ---- one epoch -------------------------------------------------------------------------
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp) if self.cuda else \
+        return self.precision.autocast() if self.cuda else \
             torch.autocast("cpu", enabled=False)
 
     def train_epoch(self, epoch, rrt=False):
@@ -355,10 +358,10 @@ class Trainer:
                         loss = loss + ranksim(feats.float(), y, cfg.ranksim_gamma, cfg.ranksim_lam)
                 model.end_step()
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()          # DDP averages the gradients over the ranks here
+                self.precision.backward(loss)   # DDP averages the gradients over the ranks here
                 if self.loss_module is not None:
                     D.all_reduce_grads(list(self.loss_module.parameters()), self.env.world)
-                self.opt.step()
+                self.precision.step(self.opt)   # fp16: unscaled, skipped on inf/NaN grads
                 if cfg.fds and not rrt and feats is not None:
                     model.fds.update(feats.detach().float(), y)
                 n_batches += 1
@@ -443,7 +446,8 @@ class Trainer:
                 "scheduler": self.sched.state_dict(),
                 "loss_module": None if self.loss_module is None else self.loss_module.state_dict(),
                 "rng": rngs, "best": self.best, "history": self.history,
-                "best_model": self.best_state, "world": self.env.world}
+                "best_model": self.best_state, "world": self.env.world,
+                "scaler": self.precision.state_dict()}
 
     # options that do not change what is trained: free to change on --resume (--epochs may
     # also grow: the epochs already trained are the same for any total, schedules included,
@@ -477,6 +481,7 @@ class Trainer:
             self.sched.load_state_dict(ck["scheduler"])
             if self.loss_module is not None:
                 self.loss_module.load_state_dict(ck["loss_module"])
+            self.precision.load_state_dict(ck.get("scaler"))
         except (ValueError, KeyError, RuntimeError, TypeError) as e:
             raise ConfigError(f"--resume: the optimiser, scheduler or loss state in {path} does "
                               f"not fit this run: {e}") from None
