@@ -601,3 +601,26 @@ def test_builtin_resnet_state_dict_keys_are_torchvisions():
     x = torch.randn(2, 3, 96, 96)
     torch.testing.assert_close(ours(x), tv(x))
     tv.load_state_dict(ResNet(18, small_input=False).state_dict())
+
+
+def test_on_error_skip_reaches_the_loaders(tmp_path, capsys):
+    """A truncated JPEG passes the CSV checks and fails only when decoded: with
+    --data-options on_error=skip the run goes on without it; without, it stops naming the file."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _dir_data import write_dir_csv
+    root = str(tmp_path / "agedb")
+    rows = write_dir_csv(root, sizes=(24, 6, 8), size=16)
+    bad = os.path.join(root, next(r[1] for r in rows if r[2] == "train"))
+    data = open(bad, "rb").read()
+    open(bad, "wb").write(data[: len(data) // 3])
+    args = ["--data", "agedb", "--data-root", root, "--model", "cnn", "--width", "4",
+            "--image-size", "16", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+            "--backend", "torch", "--no-progress", "--no-plots"]
+    with pytest.warns(UserWarning, match="skipped 1 bad sample"):
+        out = run(args + ["--data-options", "on_error=skip"], tmp_path, "skip")
+    assert test_metrics(out)["all"]["count"] == 8
+    assert main(["train", *args, "--out", str(tmp_path / "raise")]) == 2
+    assert os.path.basename(bad) in capsys.readouterr().err
+    assert main(["train", *args, "--data-options", "on_error=maybe",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "on_error must be raise or skip" in capsys.readouterr().err

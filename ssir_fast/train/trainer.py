@@ -78,6 +78,9 @@ def load_data(cfg, progress=True):
     """(dataset, original training labels) for cfg.data; SMOGN resamples the training split."""
     from ..data import load_dataset
     opts = dict(cfg.data_options or {})
+    if opts.get("on_error", "raise") not in ("raise", "skip"):
+        raise ConfigError(f"--data-options on_error must be raise or skip, got "
+                          f"{opts['on_error']!r}")
     size = {"image_size": cfg.image_size} if cfg.image_size else {}
     try:
         if cfg.data == "default":
@@ -85,6 +88,7 @@ def load_data(cfg, progress=True):
         elif cfg.data in ("agedb", "imdb_wiki", "nyud2"):
             ds = load_dataset(cfg.data, cfg.data_root, **size, **opts)
         elif cfg.data == "two_gaussians":
+            opts.pop("on_error", None)   # generated in memory: nothing to skip
             ds = load_dataset("two_gaussians", ratio=cfg.ratio, seed=cfg.seed, **opts)
         else:
             ds = load_dataset("tabular", cfg.data_root, target=cfg.target, **opts)
@@ -234,7 +238,11 @@ class Trainer:
         small = getattr(ds, "image_size", None) is None or max(ds.image_size) <= 32
         workers = cfg.workers if cfg.workers is not None else (0 if small else
                                                                 min(4, os.cpu_count() or 1))
-        common = dict(backend=cfg.backend, device=self.device, seed=cfg.seed, num_workers=workers)
+        # on_error=skip also covers files that fail to decode (a truncated JPEG), which only
+        # the loaders see
+        self.on_error = (cfg.data_options or {}).get("on_error", "raise")
+        common = dict(backend=cfg.backend, device=self.device, seed=cfg.seed, num_workers=workers,
+                      on_error=self.on_error)
         if cfg.backend == "auto" and getattr(ds, "kind", None) != "tabular":
             common["backend"] = "torch" if not self.cuda else "auto"
         self.train_loader = make_loader(ds, "train", per_rank, shard=(env.rank, env.world),
@@ -660,7 +668,7 @@ def evaluate_checkpoint(path, split="test", data_root=None, out=None, device="au
                                              backend="torch" if t.train_loader.backend == "torch"
                                              else "auto", device=t.device,
                                              shard=(t.env.rank, t.env.world), shuffle=False,
-                                             augment=False, num_workers=0)
+                                             augment=False, num_workers=0, on_error=t.on_error)
         if split not in t.loaders:
             raise ConfigError(f"split {split!r} is not in the data set (have {sorted(t.loaders)})")
         load_model_state(t.model, ck["model"], path, "eval --checkpoint",
