@@ -46,7 +46,6 @@ import torch
 
 from .losses import DISTANCES, distance_per_sample, weighted_l1
 from .ops import perturb
-from .ops.perturb import perturb_torch
 from .ops._common import require_finite_nonneg, require_positive
 
 __all__ = ["SSIRLoss", "SSIRResult", "scratch_buffers", "draw_subset"]
@@ -314,7 +313,7 @@ class SSIRLoss(torch.nn.Module):
             x, g = x[index], g[index]
         y_t = y_tilde if index is None else y_tilde[index]
         eps = self.radius(g)
-        x_adv = _perturb(x, g, eps, lo, hi)
+        x_adv = perturb(x, g, eps, lo, hi)
 
         # Steps 2..n: fresh forward at the current point, input gradient only.
         for _ in range(1, self.n_steps):
@@ -322,7 +321,7 @@ class SSIRLoss(torch.nn.Module):
             with self._context(model, rng_before), self._fast(x.device):
                 dk = self._dist(model(xk), y_t).sum()
                 (g,) = torch.autograd.grad(dk, xk)
-            x_adv = _perturb(x, g, eps, lo, hi)
+            x_adv = perturb(x, g, eps, lo, hi)
 
         # Consistency at x~ (parameters get gradients through this graph).
         x_adv = x_adv.detach()
@@ -365,22 +364,3 @@ def draw_subset(rarity, fraction, generator=None):
     w = w + (w.max() * 1e-12 if int((w > 0).sum()) < k else 0.0)
     return torch.multinomial(w, k, replacement=False, generator=generator).sort().values
 
-
-def _perturb(x, g, eps, lo, hi):
-    """`perturb` with a float or a per-sample [N] radius."""
-    if isinstance(eps, torch.Tensor) and not _PER_SAMPLE_OP:
-        return perturb_torch(x, g, eps.to(x.device), lo, hi)
-    return perturb(x, g, eps, lo, hi)
-
-
-def _per_sample_op():
-    # The fused op takes an [N] epsilon from the kernel engineer's change on; until then the
-    # eager version computes the same formula.
-    try:
-        perturb(torch.zeros(2, 1), torch.ones(2, 1), torch.ones(2))
-        return True
-    except (TypeError, ValueError, RuntimeError):
-        return False
-
-
-_PER_SAMPLE_OP = _per_sample_op()

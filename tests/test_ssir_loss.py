@@ -315,12 +315,12 @@ def test_subset_draws_follow_the_weights():
     from ssir_fast.ssir import draw_subset
     w = torch.tensor([1.0, 2.0, 3.0, 4.0])
     gen = torch.Generator().manual_seed(0)
-    trials = 20000
+    trials = 10000   # sampling error of a frequency <= 0.005: 3 sigma inside atol
     # one draw per batch: P(i) = w_i / sum(w)
     ones = torch.zeros(4)
     for _ in range(trials):
         ones[draw_subset(w, 0.25, gen)] += 1
-    assert torch.allclose(ones / trials, w / w.sum(), atol=0.01)
+    assert torch.allclose(ones / trials, w / w.sum(), atol=0.015)
     # two draws of four, successive sampling: P(i in S) = p_i + sum_{j != i} p_j p_i / (1 - p_j)
     p = (w / w.sum()).double()
     exact = torch.tensor([p[i] + sum(p[j] * p[i] / (1 - p[j]) for j in range(4) if j != i)
@@ -330,7 +330,7 @@ def test_subset_draws_follow_the_weights():
         idx = draw_subset(w, 0.5, gen)
         assert idx.numel() == 2 and idx[0] < idx[1]
         twos[idx] += 1
-    assert torch.allclose((twos / trials).double(), exact, atol=0.01)
+    assert torch.allclose((twos / trials).double(), exact, atol=0.015)
 
 
 def test_subset_rarity_is_inverse_bin_count():
