@@ -8,6 +8,7 @@
     ssir-fast eval --checkpoint runs/default-ssir-s0/best.pt
     ssir-fast motivation [--quick]
     ssir-fast perturbations --checkpoint runs/.../best.pt --epsilons 1e-3,1e-2,1e-1
+    ssir-fast info                                    # versions, kernels, GPU: for bug reports
 """
 import argparse
 import itertools
@@ -53,6 +54,9 @@ def build_parser():
     v.add_argument("--n", type=int, default=4)
     v.add_argument("--data-root", default=None)
     v.add_argument("--out", default=None, help="PNG path (default: next to the checkpoint)")
+    i = sub.add_parser("info", help="print versions, compiled kernels, CUDA, DALI and GPUs (paste "
+                                    "it into a bug report)")
+    i.add_argument("--json", action="store_true", help="as JSON")
     return p
 
 
@@ -186,6 +190,12 @@ def main(argv=None):
             return 0
         if args.command == "perturbations":
             _perturbations(args)
+            return 0
+        if args.command == "info":
+            import json
+            from .info import collect, format_info
+            facts = collect()
+            print(json.dumps(facts, indent=1) if args.json else format_info(facts))
             return 0
     except (ConfigError, DataError) as e:
         print(f"ssir-fast {args.command}: error: {e}", file=sys.stderr)

@@ -624,3 +624,41 @@ def test_on_error_skip_reaches_the_loaders(tmp_path, capsys):
     assert main(["train", *args, "--data-options", "on_error=maybe",
                  "--out", str(tmp_path / "x")]) == 2
     assert "on_error must be raise or skip" in capsys.readouterr().err
+
+
+def test_info_prints_the_bug_report_facts(capsys):
+    import re
+    import ssir_fast
+    from ssir_fast import _build_info
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    facts = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.splitlines())
+    assert facts["ssir_fast"].startswith(ssir_fast.__version__)
+    assert facts["torch"] == torch.__version__
+    assert facts["extension"] == f"loaded, built against torch {_build_info.TORCH_VERSION}"
+    assert facts["CUDA torch"] == str(torch.version.cuda).replace("None", "none")
+    for op in ("perturb", "bin_reduce", "bin_feature_stats", "fds_calibrate"):
+        cuda = "yes" if ssir_fast.HAS_CUDA_KERNELS else "no"
+        assert facts[f"kernel {op}"] == f"CPU yes, CUDA {cuda}"
+    for key in ("CUDA driver", "CUDA extension (nvcc)", "DALI", "DALI GPU decoder"):
+        assert key in facts
+    if not torch.cuda.is_available():
+        assert facts["GPU"] == "none visible"
+        assert facts["DALI GPU decoder"].startswith("no (")
+    assert main(["info", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["torch"] == torch.__version__ and doc["kernels"]["perturb"]["cpu"] is True
+
+
+def test_info_names_the_gpu_and_its_capability(monkeypatch):
+    from ssir_fast import info
+    from ssir_fast.train import precision
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (7, 5))
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(info, "_dali", lambda: ("1.2.3", "yes"))
+    text = info.format_info()
+    assert "GPU 0" in text and "Tesla T4, compute capability 7.5, bf16 no" in text
+    assert "DALI GPU decoder" in text and text.rstrip().endswith("bf16 no")
