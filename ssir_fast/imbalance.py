@@ -122,12 +122,13 @@ class LabelBins:
             hi = min(hi, 0.0)
         return lo, hi
 
-    def warn_far_outside(self, lo_seen, hi_seen, n_far, what="labels", stacklevel=2):
-        """Warn (UserWarning) that `n_far` of `what`, ranging over [lo_seen, hi_seen], lie far
-        outside the bins; a no-op when n_far is 0."""
-        if n_far:
+    def warn_far_outside(self, lo_seen, hi_seen, n_far=None, what="labels", stacklevel=2):
+        """Warn (UserWarning) that `n_far` of `what` (None: some), ranging over [lo_seen,
+        hi_seen], lie far outside the bins; a no-op when n_far is 0."""
+        if n_far is None or n_far:
             lo, hi = self.far_limits()
-            warnings.warn(f"{n_far} {what} lie far outside the bins [{self.y_min:g}, "
+            count = "some" if n_far is None else n_far
+            warnings.warn(f"{count} {what} lie far outside the bins [{self.y_min:g}, "
                           f"{self.y_max:g}) (outside [{lo:g}, {hi:g}]; seen range "
                           f"[{lo_seen:g}, {hi_seen:g}]) and are "
                           f"{'merged into the edge bins' if self.clamp else 'ignored'}; "

@@ -155,7 +155,7 @@ class BinnedMetrics:
         """Forget every update (the bins and training counts stay)."""
         self._table = None     # local [num_bins, 12] float64 sums
         self._reduced = None   # the all-reduced table, valid until the next update
-        self._far = None       # [count, min, max] of targets far outside the bins (on device)
+        self._far = None       # [min, max] of the targets seen (on the device)
 
     def _zeros(self, device):
         return torch.zeros(self.bins.num_bins, NUM_COLUMNS, dtype=torch.float64, device=device)
@@ -199,21 +199,16 @@ class BinnedMetrics:
         return self
 
     def _track_far(self, target, mask):
-        """Count targets far outside the bins (LabelBins.far_limits) without a host sync; the
-        warning comes from compute()."""
-        lo, hi = self.bins.far_limits()
-        t = target.double()
-        far = (t < lo) | (t > hi)
-        if mask is not None:
-            far &= mask.to(torch.bool)
-        inf = torch.tensor(math.inf, dtype=torch.float64, device=t.device)
-        stats = torch.stack([far.sum().double(), torch.where(far, t, inf).amin(),
-                             torch.where(far, t, -inf).amax()])
-        if self._far is None:
-            self._far = stats
-        else:
-            self._far = torch.stack([self._far[0] + stats[0], torch.minimum(self._far[1], stats[1]),
-                                     torch.maximum(self._far[2], stats[2])])
+        """Running min / max of the (selected) targets, on the device and without a host sync:
+        one aminmax per batch. compute() warns when they reach far outside the bins."""
+        t = target if mask is None else torch.where(mask.to(torch.bool), target,
+                                                    torch.full_like(target, self.bins.y_min))
+        if t.numel() == 0:
+            return
+        lo, hi = torch.aminmax(t.reshape(-1))
+        stats = torch.stack([lo, hi]).double()
+        self._far = stats if self._far is None else torch.stack(
+            [torch.fmin(self._far[0], stats[0]), torch.fmax(self._far[1], stats[1])])
 
     def all_reduce(self, group=None):
         """Sum the per-bin tables of all ranks (torch.distributed, when initialised; otherwise a
@@ -297,8 +292,10 @@ class BinnedMetrics:
         "n_floored", "n_out_of_range", "n_nonfinite"}. Can be called any number of times."""
         t = self.table.detach().cpu().numpy()
         if self._far is not None:
-            n, lo, hi = self._far.tolist()
-            self.bins.warn_far_outside(lo, hi, int(n), "test targets", stacklevel=2)
+            seen_lo, seen_hi = self._far.tolist()
+            lo, hi = self.bins.far_limits()
+            if seen_lo < lo or seen_hi > hi:
+                self.bins.warn_far_outside(seen_lo, seen_hi, None, "test targets", stacklevel=2)
         res = {"all": self._summary(t, "all")}
         groups = self.groups()
         if groups is not None:
