@@ -348,6 +348,7 @@ def test_agedb_layout_and_tabular_csv_and_nyud2_depth(tmp_path):
     ("lds: 2\n", "option lds: expected true or false, got 2"),
     ("lr: [0.1]\n", "option lr: expected a number"),
     ("milestones: [60, 80.5]\n", "option milestones: expected an integer, got 80.5"),
+    ("epsilon: true\n", "option epsilon: expected a number or 'auto', got True"),
 ])
 def test_config_values_are_not_coerced_silently(text, message, tmp_path, capsys):
     path = tmp_path / "c.yaml"

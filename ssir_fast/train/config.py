@@ -389,7 +389,8 @@ def _strict(name, value, t, is_bool):
     """Refuse values that a plain conversion would change silently: epochs 1.9 or true, lds: 2,
     a bool where a number belongs, a mapping where a scalar belongs."""
     kinds = {int: "an integer", float: "a number", "ints": "a list of integers",
-             "floats": "a list of numbers", "ranges": "bin indices (a list or '2-5,9')"}
+             "floats": "a list of numbers", "ranges": "bin indices (a list or '2-5,9')",
+             "eps": "a number or 'auto'"}
     kind = "true or false" if is_bool else kinds.get(t)
     if kind is None:
         return
