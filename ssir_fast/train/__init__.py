@@ -1,6 +1,6 @@
 """Training and experiments behind the `ssir-fast` CLI: configuration (`config`), models
-(`models`), the training loop with checkpoints / DDP / plots (`trainer`), the motivation
-experiment (`motivation`) and the plots (`plots`)."""
+(`models`), the training loop with DDP / plots (`trainer`), checkpoint files (`checkpoint`),
+mixed precision (`precision`), the motivation experiment (`motivation`) and the plots (`plots`)."""
 from .config import ConfigError, TrainConfig, make_config
 from .trainer import Trainer, evaluate_checkpoint, format_table, train
 
