@@ -8,8 +8,11 @@
 //  - bin_feature_stats: var is the unbiased per-bin variance (M2 / (n - 1)); a bin with one
 //    sample has var 0, an empty bin has count 0, mean 0, var 0. Accumulation is float64, with
 //    the data shifted by the bin's first sample so that var stays accurate when |mean| >> std.
-//  - fds_calibrate: z' = (z - mu_b) * s_b + mu~_b with s_b = sqrt(clamp(var~_b / var_b, lo, hi));
-//    0/0 is taken as ratio 1 and x/0 (x > 0) as ratio +inf (so s = sqrt(hi)).
+//  - fds_calibrate: z' = (z - mu_b) * s_b + mu~_b with s_b = sqrt(clamp(var~_b / var_b, lo, hi)),
+//    except, as the official DIR code (calibrate_mean_var in YyzHarry/imbalanced-regression):
+//    a dimension whose running variance var_b[c] is exactly 0 is left unchanged (z'[c] = z[c]),
+//    and every dimension of bin b is left unchanged when sum_c var_b[c] < 1e-10 (kFdsMinVarSum;
+//    the sum is formed in float64). This hits every single-sample bin (var 0).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -69,18 +72,22 @@ inline void check_calibrate_args(const at::Tensor& f, const at::Tensor& idx, con
               " hi=", hi);
 }
 
+// Bins whose running variances sum to less than this are not calibrated (official DIR code).
+constexpr double kFdsMinVarSum = 1e-10;
+
 // Per-bin affine map of the calibration, z' = z * scale + shift, computed in the accumulation
-// type (float64 for float64 features, float32 otherwise). Cheap: [B, C] elements.
+// type (float64 for float64 features, float32 otherwise); scale 1 and shift 0 (the identity)
+// where the dimension or the whole bin is left unchanged. Cheap: [B, C] elements.
 inline std::pair<at::Tensor, at::Tensor> calibration_coefficients(
     const at::Tensor& f, const at::Tensor& mean, const at::Tensor& var, const at::Tensor& smean,
     const at::Tensor& svar, double lo, double hi) {
   const auto acc = stats_dtype(f);
   at::Tensor v = var.to(acc), sv = svar.to(acc);
-  at::Tensor ratio = at::where(v > 0, sv / v,
-                               at::where(sv > 0, at::full({}, INFINITY, v.options()),
-                                         at::ones({}, v.options())));
-  at::Tensor scale = at::sqrt(at::clamp(ratio, lo, hi));
-  at::Tensor shift = smean.to(acc) - mean.to(acc) * scale;
+  at::Tensor keep = at::logical_or(v == 0, var.to(at::kDouble).sum(1, true) < kFdsMinVarSum);
+  at::Tensor ratio = sv / at::where(v == 0, at::ones({}, v.options()), v);
+  at::Tensor scale = at::where(keep, at::ones({}, v.options()), at::sqrt(at::clamp(ratio, lo, hi)));
+  at::Tensor shift = at::where(keep, at::zeros({}, v.options()),
+                               smean.to(acc) - mean.to(acc) * scale);
   return {scale.contiguous(), shift.contiguous()};
 }
 

@@ -220,18 +220,21 @@ def bin_feature_stats_reference(features, bin_index, num_bins, unbiased=True):
 
 
 def fds_calibrate_reference(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo, hi):
-    """Float64, one sample at a time: z' = (z - mu_b) sqrt(clamp(var~_b / var_b, lo, hi)) + mu~_b
-    (0/0 -> ratio 1, x/0 -> hi; samples with b outside [0, B) unchanged)."""
+    """Float64, one sample at a time, with the official DIR code's rules (`calibrate_mean_var`):
+    z' = (z - mu_b) sqrt(clamp(var~_b / var_b, lo, hi)) + mu~_b on the dimensions with
+    var_b != 0, the others unchanged; the whole sample unchanged when sum(var_b) < 1e-10 or b is
+    outside [0, B)."""
     f = features.detach().double().cpu()
     out = f.clone()
     m, v, sm, sv = (t.detach().double().cpu() for t in (mean, var, smoothed_mean, smoothed_var))
     for n in range(f.shape[0]):
         b = int(bin_index[n])
-        if 0 <= b < m.shape[0]:
-            ratio = torch.where(v[b] > 0, sv[b] / torch.where(v[b] > 0, v[b], torch.ones_like(v[b])),
-                                torch.where(sv[b] > 0, torch.full_like(v[b], float("inf")),
-                                            torch.ones_like(v[b])))
-            out[n] = (f[n] - m[b]) * torch.sqrt(torch.clamp(ratio, lo, hi)) + sm[b]
+        if not 0 <= b < m.shape[0] or float(v[b].sum()) < 1e-10:
+            continue
+        for c in range(f.shape[1]):
+            if float(v[b, c]) != 0.0:
+                ratio = min(max(float(sv[b, c]) / float(v[b, c]), lo), hi)
+                out[n, c] = (f[n, c] - m[b, c]) * ratio ** 0.5 + sm[b, c]
     return out
 
 

@@ -93,11 +93,87 @@ def test_fds_calibrate_identity_and_zero_variance():
     torch.testing.assert_close(fds_calibrate(f, idx, mean, var, mean, var), f, rtol=0, atol=1e-13)
     z = torch.zeros(4, 5, dtype=torch.float64)
     one = torch.ones(4, 5, dtype=torch.float64)
-    # 0/0 -> ratio 1; x/0 -> hi
-    out = fds_calibrate(f, idx, z, z, z, z, 0.1, 10)
-    torch.testing.assert_close(out, f)
-    out = fds_calibrate(f, idx, z, z, z, one, 0.1, 10)
-    torch.testing.assert_close(out, f * 10 ** 0.5)
+    # zero running variance: unchanged (official DIR code), whatever the smoothed variance
+    for sv in (z, one):
+        assert torch.equal(fds_calibrate(f, idx, z, z, z, sv, 0.1, 10), f)
+        assert torch.equal(fds_calibrate(f, idx, one, z, 3 * one, sv, 0.1, 10), f)
+
+
+def _official_calibrate(matrix, m1, v1, m2, v2, clip_min, clip_max):
+    """calibrate_mean_var of the official DIR code (agedb-dir/utils.py), transcribed in float64."""
+    matrix = matrix.clone()
+    if torch.sum(v1) < 1e-10:
+        return matrix
+    if (v1 == 0.).any():
+        valid = v1 != 0.
+        factor = torch.clamp(v2[valid] / v1[valid], clip_min, clip_max)
+        matrix[:, valid] = (matrix[:, valid] - m1[valid]) * torch.sqrt(factor) + m2[valid]
+        return matrix
+    factor = torch.clamp(v2 / v1, clip_min, clip_max)
+    return (matrix - m1) * torch.sqrt(factor) + m2
+
+
+def _official_smooth(f, idx, mean, var, smean, svar, lo, hi):
+    """The official FDS.smooth loop over the labels of a batch (bins in [0, B) only)."""
+    out = f.clone()
+    for b in torch.unique(idx).tolist():
+        if 0 <= b < mean.shape[0]:
+            sel = idx == b
+            out[sel] = _official_calibrate(f[sel], mean[b], var[b], smean[b], svar[b], lo, hi)
+    return out
+
+
+def _zero_variance_stats(C=6):
+    """Bins: 0 ordinary; 1 some zero-variance dims; 2 all zero (a single-sample bin);
+    3 variances summing to < 1e-10; 4 summing to just above 1e-10 with one zero dim."""
+    mean, var, smean, svar = _stats(5, C, seed=4)
+    var[1, [0, 3]] = 0
+    var[2] = 0
+    var[3] = 1e-12
+    var[4] = 0.5e-10
+    var[4, 0] = 0
+    svar[1:] = 2.5  # positive smoothed variances: x/0 used to be scaled by sqrt(hi)
+    return mean, var, smean, svar
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fds_calibrate_zero_variance_follows_official_code(device, dtype):
+    mean, var, smean, svar = _zero_variance_stats()
+    f = torch.randn(40, 6, dtype=torch.float64)
+    idx = torch.arange(40) % 6 - 1  # bins -1..4
+    want = _official_smooth(f, idx, mean, var, smean, svar, 0.1, 10.0)
+    out = fds_calibrate(f.to(dtype).to(device), idx.to(device), *(t.to(device) for t in
+                        (mean, var, smean, svar)), 0.1, 10.0)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out.cpu().double(), want, rtol=tol, atol=tol)
+    # the rows the rule is about are bit-for-bit unchanged
+    for b, dims in ((1, [0, 3]), (2, range(6)), (3, range(6)), (4, [0])):
+        rows = (idx == b).to(device)
+        assert torch.equal(out[rows][:, list(dims)], f.to(dtype).to(device)[rows][:, list(dims)])
+    # the Python fallback and the float64 reference follow the same rule
+    from ssir_fast.reference import fds_calibrate_reference
+    torch.testing.assert_close(fds_calibrate_reference(f, idx, mean, var, smean, svar, 0.1, 10.0),
+                               want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fds_calibrate_torch(f, idx, mean, var, smean, svar, 0.1, 10.0),
+                               want, rtol=1e-12, atol=1e-12)
+
+
+def test_fds_calibrate_single_sample_bins_end_to_end():
+    # Bins seen with one sample have running variance 0: their features must not be scaled.
+    f = torch.randn(7, 5, dtype=torch.float64)
+    idx = torch.tensor([0, 0, 0, 1, 2, 2, 3])  # bins 1 and 3 hold one sample each
+    count, mean, var = bin_feature_stats(f, idx, 4)
+    assert count.tolist() == [3, 1, 2, 1] and (var[[1, 3]] == 0).all()
+    smean, svar = mean + 0.5, var.mean(0, keepdim=True).expand_as(var).contiguous()
+    out = fds_calibrate(f, idx, mean, var, smean, svar, 0.1, 10.0)
+    assert torch.equal(out[[3, 6]], f[[3, 6]])
+    torch.testing.assert_close(out, _official_smooth(f, idx, mean, var, smean, svar, 0.1, 10.0),
+                               rtol=1e-12, atol=1e-12)
+    # backward: gradient 1 on the unchanged rows
+    x = f.clone().requires_grad_(True)
+    fds_calibrate(x, idx, mean, var, smean, svar, 0.1, 10.0).sum().backward()
+    assert torch.equal(x.grad[[3, 6]], torch.ones(2, 5, dtype=torch.float64))
 
 
 def test_fds_calibrate_gradcheck_and_opcheck():

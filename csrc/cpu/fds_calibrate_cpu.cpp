@@ -1,5 +1,6 @@
 // CPU kernel of ssir_fast::fds_calibrate:  z'_n = (z_n - mu_b) * s_b + mu~_b,  b = bin_index[n],
-// s_b = sqrt(clamp(var~_b / var_b, lo, hi)) (see fds_common.h).
+// s_b = sqrt(clamp(var~_b / var_b, lo, hi)); zero-variance dimensions and bins whose variances
+// sum to ~0 are left unchanged, as the official DIR code (see fds_common.h).
 //
 // The per-bin affine coefficients (scale, shift) are formed once ([B, C], one loop); the main pass
 // reads each feature row once and writes it once: out = z * scale[b] + shift[b]. Rows are
@@ -19,19 +20,31 @@
 namespace ssir_fast {
 namespace {
 
-// scale = sqrt(clamp(sv / v, lo, hi)) (0/0 -> 1, x/0 -> hi), shift = smean - mean * scale, in one
-// plain loop over [B, C] (cheaper than the composed ATen ops when N is small).
+// scale = sqrt(clamp(sv / v, lo, hi)), shift = smean - mean * scale, per bin in one plain loop
+// over [B, C] (cheaper than the composed ATen ops when N is small); the identity (1, 0) where
+// v == 0 or the bin's variances sum to < kFdsMinVarSum.
 template <typename acc_t, typename stat_t>
 void coefficients(const stat_t* mean, const stat_t* var, const stat_t* smean, const stat_t* svar,
-                  int64_t total, double lo, double hi, acc_t* scale, acc_t* shift) {
-  at::parallel_for(0, total, 1 << 14, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const acc_t v = static_cast<acc_t>(var[i]), sv = static_cast<acc_t>(svar[i]);
-      acc_t ratio = v > 0 ? sv / v : (sv > 0 ? static_cast<acc_t>(INFINITY) : acc_t(1));
-      ratio = std::min(std::max(ratio, static_cast<acc_t>(lo)), static_cast<acc_t>(hi));
-      const acc_t s = std::sqrt(ratio);
-      scale[i] = s;
-      shift[i] = static_cast<acc_t>(smean[i]) - static_cast<acc_t>(mean[i]) * s;
+                  int64_t B, int64_t C, double lo, double hi, acc_t* scale, acc_t* shift) {
+  const int64_t grain = std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(C, 1));
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t row = b * C;
+      double var_sum = 0;
+      for (int64_t c = 0; c < C; ++c) var_sum += static_cast<double>(var[row + c]);
+      const bool skip_bin = var_sum < kFdsMinVarSum;
+      for (int64_t i = row; i < row + C; ++i) {
+        const acc_t v = static_cast<acc_t>(var[i]), sv = static_cast<acc_t>(svar[i]);
+        if (skip_bin || v == acc_t(0)) {
+          scale[i] = acc_t(1);
+          shift[i] = acc_t(0);
+          continue;
+        }
+        const acc_t ratio = std::min(std::max(sv / v, static_cast<acc_t>(lo)), static_cast<acc_t>(hi));
+        const acc_t s = std::sqrt(ratio);
+        scale[i] = s;
+        shift[i] = static_cast<acc_t>(smean[i]) - static_cast<acc_t>(mean[i]) * s;
+      }
     }
   });
 }
@@ -87,12 +100,12 @@ at::Tensor fds_calibrate_cpu(const at::Tensor& features, const at::Tensor& bin_i
     if (acc == at::kDouble) {
       coefficients<double, stat_t>(m.const_data_ptr<stat_t>(), v.const_data_ptr<stat_t>(),
                                    sm.const_data_ptr<stat_t>(), sv.const_data_ptr<stat_t>(),
-                                   m.numel(), lo, hi, scale.mutable_data_ptr<double>(),
+                                   B, m.size(1), lo, hi, scale.mutable_data_ptr<double>(),
                                    shift.mutable_data_ptr<double>());
     } else {
       coefficients<float, stat_t>(m.const_data_ptr<stat_t>(), v.const_data_ptr<stat_t>(),
                                   sm.const_data_ptr<stat_t>(), sv.const_data_ptr<stat_t>(),
-                                  m.numel(), lo, hi, scale.mutable_data_ptr<float>(),
+                                  B, m.size(1), lo, hi, scale.mutable_data_ptr<float>(),
                                   shift.mutable_data_ptr<float>());
     }
   });

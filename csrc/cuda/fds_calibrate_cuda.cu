@@ -1,6 +1,7 @@
 // CUDA kernel of ssir_fast::fds_calibrate:  z'_n = z_n * scale[b] + shift[b],  b = bin_index[n],
 // with scale = sqrt(clamp(var~ / var, lo, hi)) and shift = mu~ - mu * scale formed once per
-// bin ([B, C], a few small ATen ops in fds_common.h).
+// bin ([B, C], a few small ATen ops in fds_common.h; the identity for zero-variance dimensions
+// and bins whose variances sum to ~0, as the official DIR code).
 //
 // Thread mapping: grid (N, row chunks). Block (n, c) handles columns [c * kChunk, (c+1) * kChunk)
 // of row n: it reads bin_index[n] once, then each thread processes 16-byte vectors of z (scalar

@@ -2,11 +2,14 @@
 
     z'_n = (z_n - mu_b) * sqrt(clamp(var~_b / var_b, lo, hi)) + mu~_b,     b = bin_index[n]
 
-with (mu, var) the running per-bin statistics and (mu~, var~) their smoothed versions. A ratio
-0/0 counts as 1 and x/0 (x > 0) as +inf (so the scale is sqrt(hi)); samples whose bin is
+with (mu, var) the running per-bin statistics and (mu~, var~) their smoothed versions. As in the
+official DIR code (`calibrate_mean_var`, YyzHarry/imbalanced-regression) a dimension with
+var_b[c] == 0 is left unchanged, and so is every dimension of a bin with
+sum_c var_b[c] < 1e-10 (MIN_VAR_SUM; e.g. a bin seen with one sample); samples whose bin is
 outside [0, B) pass through unchanged. Differentiable w.r.t. the features:
 
-    d z'_n / d z_n = sqrt(clamp(var~_b / var_b, lo, hi))    (diagonal; the statistics are constants)
+    d z'_n / d z_n = sqrt(clamp(var~_b / var_b, lo, hi))    (diagonal, 1 where left unchanged;
+                                                             the statistics are constants)
 
 and the backward is the same fused op with zero means. Kernels: csrc/cpu/fds_calibrate_cpu.cpp,
 csrc/cuda/fds_calibrate_cuda.cu.
@@ -19,7 +22,11 @@ from .._extension import HAS_EXTENSION
 from ._common import require_float_dtype, require_tensor
 from .bin_feature_stats import check_bin_index
 
-__all__ = ["fds_calibrate", "fds_calibrate_torch", "calibration_coefficients"]
+__all__ = ["fds_calibrate", "fds_calibrate_torch", "calibration_coefficients", "MIN_VAR_SUM"]
+
+#: A bin whose running variances sum to less than this is not calibrated (official DIR code;
+#: csrc/fds_common.h kFdsMinVarSum).
+MIN_VAR_SUM = 1e-10
 
 
 def _check_stat(t, name, features, ref):
@@ -62,13 +69,15 @@ def fds_calibrate(features, bin_index, mean, var, smoothed_mean, smoothed_var, l
 
 
 def calibration_coefficients(features_dtype, mean, var, smoothed_mean, smoothed_var, lo, hi):
-    """(scale, shift) [B, C] with z' = z * scale + shift, in the accumulation dtype."""
+    """(scale, shift) [B, C] with z' = z * scale + shift, in the accumulation dtype; the identity
+    (1, 0) where var == 0 or the bin's variances sum (in float64) to < MIN_VAR_SUM."""
     acc = torch.float64 if features_dtype == torch.float64 else torch.float32
     v, sv = var.to(acc), smoothed_var.to(acc)
-    ratio = torch.where(v > 0, sv / torch.where(v > 0, v, torch.ones_like(v)),
-                        torch.where(sv > 0, torch.full_like(v, math.inf), torch.ones_like(v)))
-    scale = torch.clamp(ratio, lo, hi).sqrt()
-    return scale, smoothed_mean.to(acc) - mean.to(acc) * scale
+    keep = (v == 0) | (var.double().sum(1, keepdim=True) < MIN_VAR_SUM)
+    ratio = sv / torch.where(v == 0, torch.ones_like(v), v)
+    scale = torch.where(keep, torch.ones_like(v), torch.clamp(ratio, lo, hi).sqrt())
+    shift = torch.where(keep, torch.zeros_like(v), smoothed_mean.to(acc) - mean.to(acc) * scale)
+    return scale, shift
 
 
 def fds_calibrate_torch(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo, hi):
