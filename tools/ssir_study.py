@@ -16,7 +16,8 @@ width 1 on the target, DIR shot groups many > 100, few < 20 training samples per
 
 Methods: vanilla, SQINV, and each SSIR variant alone and on top of SQINV (lam = 0.1, the paper's
 SQINV + SSIR setting): the paper's eps = 1e-3, eps = 0 (the output-noise-only ablation),
-eps = auto (rho = 0.5), and the fast modes n_steps = 1, subset = 0.5 and bf16 perturbation passes.
+eps = auto (rho = 0.5), and the fast modes n_steps = 1, subset = 0.5 and bf16 perturbation passes;
+plus SQINV + auto-eps at rho = 0.25 and 1 (the choice of rho).
 Every run is a plain `ssir_fast.train` job (the `ssir-fast train` code path) and appends one line
 to <out>/results.jsonl; finished (data, method, seed) runs are skipped, so an interrupted study
 continues where it stopped. The tables (mean ± std over seeds, and the paired difference of
@@ -33,9 +34,9 @@ import time
 import numpy as np
 
 SETTINGS = {
-    # the default preset (cnn width 16, 16 px, batch 128, Adam 1e-3, L1), shorter: 1,500 training
-    # images, 4 epochs, lr x0.1 at epoch 3
-    "default": dict(data="default", data_options={"n_train": 1500}, epochs=4, milestones=[3]),
+    # the default preset (cnn width 16, 16 px, batch 128, Adam 1e-3, L1), shorter: 2,500 training
+    # images, 5 epochs, lr x0.1 at epoch 4
+    "default": dict(data="default", data_options={"n_train": 2500}, epochs=5, milestones=[4]),
     # tabular preset (MLP width 128, standardised target, batch 256, Adam 1e-3, L1), fewer epochs
     "fair": dict(data="tabular", target="affairs", width=64, epochs=20,
                  data_options={"bin_width": 1.0}),
@@ -57,6 +58,10 @@ for _name, _kw in SSIR_VARIANTS.items():
     METHODS[_name] = dict(ssir=True, lam=0.1, **_kw)
 for _name, _kw in SSIR_VARIANTS.items():
     METHODS["SQINV + " + _name] = dict(reweight="sqrt_inv", ssir=True, lam=0.1, **_kw)
+# the choice of rho: similarity rate and accuracy at half and twice the default
+for _rho in (0.25, 1.0):
+    METHODS[f"SQINV + SSIR auto rho={_rho:g}"] = dict(reweight="sqrt_inv", ssir=True, lam=0.1,
+                                                     epsilon="auto", ssir_rho=_rho)
 GROUPS = ("all", "many", "medium", "few")
 
 
@@ -111,6 +116,7 @@ def _ms(v):
 
 
 def base_of(method):
+    """The method an SSIR variant is added to (None for the base methods)."""
     if method.startswith("SQINV + "):
         return "SQINV"
     return "Vanilla" if method.startswith("SSIR") else None
