@@ -88,12 +88,56 @@ def test_epochs_shuffle_and_shards(agedb):
     np.testing.assert_array_equal(allv, e0)   # shards are blocks of the epoch's order
 
 
-def test_break_mid_epoch_then_full_epoch(agedb):
-    ld = D.make_loader(agedb, "train", 2, backend="dali", num_workers=1, seed=4)
-    next(iter(ld))                       # abandon epoch 0 after one batch
-    ld.set_epoch(0)
-    full = cat(list(ld), 1)
-    assert full.shape[0] == 13
+def torch_epoch(ds, split, epoch, bs, seed):
+    ref = D.make_loader(ds, split, bs, backend="torch", num_workers=0, seed=seed)
+    ref.set_epoch(epoch)
+    return list(ref)
+
+
+def assert_same_batches(got, ref):
+    assert [b[0].shape[0] for b in got] == [b[0].shape[0] for b in ref]
+    for g, r in zip(got, ref):
+        assert torch.equal(g[1], r[1]) and torch.equal(g[2], r[2])   # samples, order, weights
+        assert (g[0] - r[0]).abs().max().item() <= D.TEST_TOLERANCE["no_resize_max_abs"]
+
+
+def test_one_pipeline_for_the_run_with_per_epoch_order_and_augmentation(agedb):
+    ld = D.make_loader(agedb, "train", 4, backend="dali", num_workers=2, seed=6)
+    pipes = set()
+    for epoch in range(3):
+        assert_same_batches(list(ld), torch_epoch(agedb, "train", epoch, 4, seed=6))
+        pipes.add(id(ld._it._pipes[0]))
+    assert len(pipes) == 1                                    # built once, reset per epoch
+    assert len(ld._it._pipes[0]._py_pool.pids()) == ld.py_workers   # parallel source workers
+    val = D.make_loader(agedb, "val", 2, backend="dali", num_workers=1)
+    a, b = list(val), list(val)
+    assert_same_batches(a, b)
+    assert_same_batches(a, torch_epoch(agedb, "val", 0, 2, seed=0))
+
+
+@pytest.mark.parametrize("then", ["same_epoch", "other_epoch"])
+def test_epoch_left_half_way_leaks_nothing(agedb, then):
+    ld = D.make_loader(agedb, "train", 2, backend="dali", num_workers=1, seed=4, prefetch=3)
+    old = iter(ld)
+    next(old)                            # abandon epoch 0 after one batch of 7
+    pipe = ld._it
+    nxt = 0 if then == "same_epoch" else 5
+    ld.set_epoch(nxt)
+    got = list(ld)
+    assert_same_batches(got, torch_epoch(agedb, "train", nxt, 2, seed=4))
+    assert list(old) == []               # the abandoned pass yields nothing more
+    assert ld._it is pipe                # no rebuild
+    # the pass prepared at the end (epoch nxt + 1) is replaced when another epoch is asked for
+    ld.set_epoch(2)
+    assert_same_batches(list(ld), torch_epoch(agedb, "train", 2, 2, seed=4))
+    assert_same_batches(list(ld), torch_epoch(agedb, "train", 3, 2, seed=4))
+
+
+def test_spawned_source_workers(agedb):
+    ld = D.make_loader(agedb, "train", 5, backend="dali", num_workers=2, seed=8)
+    ld.start_method = "spawn"            # what a CUDA process uses
+    for epoch in range(2):
+        assert_same_batches(list(ld), torch_epoch(agedb, "train", epoch, 5, seed=8))
 
 
 def test_depth_pairs_equal_to_torch(tmp_path):
@@ -135,11 +179,13 @@ def test_bad_files_raise_or_skip(tmp_path, kind):
     ds = _bad_dataset(tmp_path, content)
     with pytest.raises(DataError, match=r"agedb\.csv line 5 \(.*bad\.jpg\)"):
         list(D.make_loader(ds, "test", 2, backend="dali", num_workers=1))
-    ld = D.make_loader(ds, "test", 2, backend="dali", num_workers=1, on_error="skip")
-    with pytest.warns(UserWarning, match="skipped 1 bad sample"):
-        ys = cat(list(ld), 1).view(-1).numpy()
-    np.testing.assert_array_equal(ys, [32, 34])
-    assert ld.stats["skipped"] == 1
+    for bs in (2, 1):                    # batch size 1: a batch with no good sample at all
+        ld = D.make_loader(ds, "test", bs, backend="dali", num_workers=1, on_error="skip")
+        for _ in range(2):
+            with pytest.warns(UserWarning, match="skipped 1 bad sample"):
+                ys = cat(list(ld), 1).view(-1).numpy()
+            np.testing.assert_array_equal(ys, [32, 34])
+            assert ld.stats["skipped"] == 1
 
 
 def test_decoder_failure_names_the_batch_files(tmp_path):
@@ -166,3 +212,25 @@ def test_mixed_gpu_train_depth(tmp_path):
     c = list(D.make_loader(ds, "train", 2, backend="dali", num_workers=1, seed=1))
     g = list(D.make_loader(ds, "train", 2, backend="dali", device="cuda", num_workers=1, seed=1))
     assert torch.equal(cat(c, 1), torch.cat([b[1].cpu() for b in g]))
+
+
+@gpu
+def test_mixed_gpu_one_pipeline_half_way_and_no_host_sync(agedb):
+    ld = D.make_loader(agedb, "train", 4, backend="dali", device="cuda", num_workers=2, seed=6)
+    first = list(ld)                                   # epoch 0 (pipeline built, workers spawned)
+    pipe = ld._it
+    it = iter(ld)
+    next(it)                                           # epoch 1 left after one batch
+    ld.set_epoch(1)
+    torch.cuda.set_sync_debug_mode("error")            # any host synchronisation raises
+    try:
+        got = list(ld)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert ld._it is pipe
+    assert all(b[0].is_contiguous(memory_format=torch.channels_last) for b in got)
+    cpu = torch_epoch(agedb, "train", 1, 4, seed=6)
+    assert torch.equal(torch.cat([b[1].cpu() for b in got]), cat(cpu, 1))
+    assert (torch.cat([b[0].cpu() for b in got]) - cat(cpu, 0)).abs().mean() <= \
+        D.TEST_TOLERANCE["gpu_mean_abs"]
+    assert len(first) == len(got)

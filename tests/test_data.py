@@ -189,14 +189,16 @@ def _epoch(ds, epoch, seed, bs):
     return list(ref)
 
 
-def test_workers_send_uint8_and_the_device_normalises(agedb):
+def test_workers_send_uint8_for_cuda_and_the_device_normalises(agedb):
     from ssir_fast.data.torch_loader import _Samples
     from ssir_fast.data.transforms import normalize_batch, normalize_uint8
     root, rows = agedb
     ds = D.load_dataset("agedb", root=root, image_size=16)
     ld = D.make_loader(ds, "test", 3, backend="torch", num_workers=0)
-    pos, x, _, _, err = _Samples(ld)[(0, 0, 0, 0, 0)]
+    pos, x, _, _, err = _Samples(ld, normalise=False)[(0, 0, 0, 0, 0)]   # for a CUDA device
     assert err is None and x.dtype == torch.uint8 and x.shape == (16, 16, 3)
+    xf = _Samples(ld, normalise=True)[(0, 0, 0, 0, 0)][1]                 # for the CPU
+    assert torch.equal(xf, normalize_uint8(x.numpy(), ds.mean, ds.std))
     batch = torch.stack([x, x.flip(1)])
     ref = torch.stack([normalize_uint8(x.numpy(), ds.mean, ds.std),
                        normalize_uint8(x.flip(1).numpy(), ds.mean, ds.std)])

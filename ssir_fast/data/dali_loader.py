@@ -1,27 +1,54 @@
-"""NVIDIA DALI backend.
+"""NVIDIA DALI backend: one pipeline per loader for the whole run, reset once per pass.
 
-Pipeline (one per loader, built once): ``fn.external_source`` fed from the CSV-derived sample list
-(regression targets are floats, so not DALI's integer-label file reader) with the encoded bytes,
-the sample's position in the epoch order, and the crop anchor / flip drawn in `transforms`;
-``fn.decoders.image`` on ``device="mixed"`` (nvJPEG) when the loader's device is CUDA and
-``device="cpu"`` otherwise (CPU pipelines use ``device_id=None``); ``fn.resize`` (linear,
-antialiased); training: ``fn.slice`` with ``out_of_bounds_policy="pad"`` (the padding-16 random
-crop) and the flip inside ``fn.crop_mirror_normalize``. Depth maps (read in Python, float metres)
-go through the same resize (nearest), slice and flip, so image and depth stay aligned. Batches are
-prefetched ``prefetch`` deep; the last partial batch is kept.
+Pipeline (the same definition for both devices; ``device_id=None`` and ``device="cpu"`` decoding
+on a CPU, ``device="mixed"`` (nvJPEG) decoding with everything after it on the GPU otherwise):
 
-Bad files are checked in the source callback (missing, unreadable, truncated, not an image): they
-raise a `DataError` naming file and row or, with ``on_error="skip"``, are left out of the batch and
-counted. A file that passes those checks but still fails inside the DALI decoder raises a
-`DataError` naming every file of the failed batch (DALI cannot drop one sample of a batch).
+- ``fn.external_source(parallel=True, batch=True, batch_info=True)``: `_BatchSource` runs in DALI's
+  Python worker processes, reads the encoded files of batch ``iteration`` of the epoch order and
+  hands over the bytes, each sample's position in that order and its crop anchor / flip. The order
+  and draws come from `transforms` (seed, epoch), so they equal the torch backend's. The regression
+  targets never enter the pipeline: the loader looks them up by position (they are floats, which
+  DALI's integer-label file reader cannot carry).
+- ``fn.decoders.image`` -> ``fn.resize`` (linear, antialiased) -> training: ``fn.slice`` with
+  ``out_of_bounds_policy="pad"`` (the padding-16 random crop) -> ``fn.crop_mirror_normalize`` (flip,
+  (x / 255 - mean) / std, float32). Depth maps take the same resize (nearest), slice and flip.
+- Batches reach torch through DALI's PyTorch plugin (`DALIGenericIterator`; with the dynamic
+  executor it hands tensors over by DLPack, bound to torch's current stream: no copy and no host
+  synchronisation per batch). GPU images come out HWC and are returned as channels_last
+  [B, C, H, W] views; CPU images come out CHW.
+
+Epochs without a rebuild: DALI's source workers learn which loader epoch a DALI epoch serves, and
+how many batches it may produce, from a small shared table (`_EpochTable`) that the loader writes
+before each pipeline reset. At the end of a pass the pipeline is reset at once for the next epoch,
+so its first batches are decoded while the trainer validates. A pass left half-way (or a prepared
+pass that turns out not to be the one asked for) is cut short: its batch limit drops to zero, the
+few batches already in flight are drained and dropped, and the pipeline is reset for the wanted
+epoch. Every batch carries its positions, which the loader checks, so no batch of another pass can
+slip through.
+
+Bad files: the source leaves out a sample whose file is missing, unreadable, truncated or not an
+image; the loader sees the gap in the positions, reads the file again for the reason, and raises a
+`DataError` naming file and row (or, with ``on_error="skip"``, counts it). A file that passes those
+checks but fails inside the DALI decoder raises a `DataError` naming every file of the failed batch
+(DALI cannot drop one sample of a batch); the pipeline is then rebuilt on the next pass.
+
+DALI's Python workers are forked (DALI's default, a start in milliseconds) while CUDA is not
+initialised in this process, and spawned once it is (a process with a CUDA context must not fork);
+a script without a ``__main__`` guard, which spawn cannot re-import, then gets an in-process source
+with a warning. ``loader.start_method = "spawn"`` (before the first pass) forces a method.
 """
-import collections
+import os
+import tempfile
+import warnings
+import weakref
 
 import numpy as np
 import torch
 
 from .datasets import DataError
-from .loader_base import ImageLoaderBase, read_image_bytes
+from .loader_base import (ImageLoaderBase, read_image_bytes, read_sample_depth,
+                          sample_test_mask)
+from .transforms import aug_params, epoch_order, shard_batches
 
 __all__ = ["DaliImageLoader", "dali_available"]
 
@@ -51,56 +78,148 @@ def _columns(loader):
     return cols
 
 
-class _Source:
-    """Per-batch callable for ``external_source``: walks the epoch order batch by batch."""
+class _EpochTable:
+    """Rows (loader epoch, batch limit) for the last ``SLOTS`` DALI epochs, in a small file in
+    shared memory: the loader writes a row before each pipeline reset, the source workers (other
+    processes) read it. Pickles as its path."""
 
-    def __init__(self, loader):
-        self.loader = loader
-        self.plan = None
-        self.cursor = 0
-        self.fed = collections.deque()   # positions of each batch handed to DALI, in order
-        self.error = None
+    SLOTS = 64
 
-    def start(self, plan):
-        self.plan, self.cursor, self.error = plan, 0, None
-        self.fed.clear()
+    def __init__(self, path=None):
+        self.owner = path is None
+        if path is None:
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            fd, path = tempfile.mkstemp(prefix="ssir_fast_dali_", suffix=".epochs", dir=shm)
+            os.close(fd)
+            np.zeros((self.SLOTS, 2), np.int64).tofile(path)
+            self._finalizer = weakref.finalize(self, _remove, path)
+        self.path = path
+        self._rows = None
 
-    def __call__(self):
-        ld = self.loader
-        order, _, anchors, flips = self.plan
-        depth = ld.dataset.kind == "depth"
-        while self.cursor < len(order):
-            lo, hi = self.cursor, min(self.cursor + ld.batch_size, len(order))
-            self.cursor = hi
-            cols = [[] for _ in _columns(ld)]
-            for p in range(lo, hi):
-                i = int(order[p])
-                try:
-                    row = [read_image_bytes(ld.view, i), np.array([p], np.int64)]
-                    if ld.augment:
-                        row += [anchors[i].copy(), np.array(flips[i], np.int32)]
-                    if depth:
-                        row.append(ld._read_depth(i)[..., None])
-                    if _wants_mask(ld):
-                        row.append(ld._test_mask(i).astype(np.uint8)[..., None])
-                except DataError as e:
-                    if ld.on_error == "raise":
-                        self.error = e
-                        raise
-                    ld._skip(str(e))
-                    continue
-                except Exception as e:  # a bug, not bad data: surface it unchanged
-                    self.error = e
-                    raise
-                for c, v in zip(cols, row):
-                    c.append(v)
-            if cols[0]:
-                self.fed.append([int(c[0]) for c in cols[1]])
-                return tuple(cols)
-        raise StopIteration
+    def rows(self):
+        if self._rows is None:
+            self._rows = np.memmap(self.path, np.int64, "r+" if self.owner else "r",
+                                   shape=(self.SLOTS, 2))
+        return self._rows
+
+    def set(self, dali_epoch, epoch, limit):
+        self.rows()[dali_epoch % self.SLOTS] = (epoch, limit)
+
+    def get(self, dali_epoch):
+        epoch, limit = self.rows()[dali_epoch % self.SLOTS]
+        return int(epoch), int(limit)
+
+    def __reduce__(self):
+        return _EpochTable, (self.path,)
 
 
-def _build_pipeline(loader, source, device_id):
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _placeholder_jpeg():
+    """An 8x8 JPEG that stands in for a batch whose samples were all bad (DALI batches cannot be
+    empty); it carries position -1 and the loader drops it."""
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="JPEG")
+    return np.frombuffer(buf.getvalue(), np.uint8)
+
+
+class _BatchSource:
+    """``external_source`` callback (runs in DALI's worker processes): BatchInfo(iteration,
+    epoch_idx) -> the columns of `_columns` for batch ``iteration`` of the epoch that the
+    `_EpochTable` assigns to DALI epoch ``epoch_idx``. Holds only picklable data."""
+
+    def __init__(self, loader, table):
+        self.dataset, self.view, self.split = loader.dataset, loader.view, loader.split
+        self.batch_size, self.seed = loader.batch_size, loader.seed
+        self.shuffle, self.augment = loader.shuffle, loader.augment
+        self.shard = (loader.rank, loader.world, loader.even_shards)
+        self.depth = loader.dataset.kind == "depth"
+        self.mask = _wants_mask(loader)
+        self.table = table
+        self.placeholder = _placeholder_jpeg()
+        self._cached = (None, None)
+
+    def plan(self, epoch):
+        if self._cached[0] != epoch:
+            n = len(self.view)
+            rank, world, even = self.shard
+            order, _ = epoch_order(n, self.seed, epoch, self.shuffle, rank, world, even)
+            self._cached = (epoch, (order,) + aug_params(n, self.seed, epoch))
+        return self._cached[1]
+
+    def __call__(self, info):
+        epoch, limit = self.table.get(info.epoch_idx)
+        if info.iteration >= limit:
+            raise StopIteration
+        order, anchors, flips = self.plan(epoch)
+        lo = info.iteration * self.batch_size
+        hi = min(lo + self.batch_size, len(order))
+        if lo >= hi:
+            raise StopIteration
+        rows = []
+        for p in range(lo, hi):
+            i = int(order[p])
+            try:
+                row = [read_image_bytes(self.view, i), np.array([p], np.int64)]
+                if self.depth:
+                    depth = read_sample_depth(self.dataset, self.view, i)[..., None]
+            except DataError:
+                continue      # the loader sees the gap in the positions and reports it
+            if self.augment:
+                row += [anchors[i].copy(), np.array(flips[i], np.int32)]
+            if self.depth:
+                row.append(depth)
+            if self.mask:
+                row.append(sample_test_mask(self.dataset, self.split, i).astype(np.uint8)[..., None])
+            rows.append(row)
+        if not rows:
+            rows.append(self._stand_in())
+        return tuple(list(col) for col in zip(*rows))
+
+    def _stand_in(self):
+        row = [self.placeholder, np.array([-1], np.int64)]
+        if self.augment:
+            row += [np.zeros(2, np.int32), np.array(0, np.int32)]
+        if self.depth:
+            row.append(np.zeros((8, 8, 1), np.float32))
+        if self.mask:
+            row.append(np.zeros((8, 8, 1), np.uint8))
+        return row
+
+
+def _main_is_guarded():
+    import sys
+    from .torch_loader import _has_main_guard
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path is None or _has_main_guard(path)
+
+
+def _workers_mode(forced=None):
+    """(parallel, start method) of the source workers; see the module docstring."""
+    if forced is not None:
+        return True, forced
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if not cuda:
+        return True, "fork"       # DALI's default; starts in milliseconds
+    if _main_is_guarded():
+        return True, "spawn"      # forking a process with a CUDA context is not allowed
+    warnings.warn("the main script has no 'if __name__ == \"__main__\":' guard and CUDA is already "
+                  "initialised, so DALI reads the files in this process (no parallel source "
+                  "workers); add the guard for parallel reading", RuntimeWarning, stacklevel=4)
+    return False, None
+
+
+def build_pipeline(loader, source, device_id, parallel=True, start_method="spawn", py_workers=1):
+    """The loader's DALI pipeline; ``device_id=None``: all on the CPU, else GPU ("mixed")
+    decoding with everything after the decoder on the GPU. Outputs: images (float32, CHW on the
+    CPU, HWC on the GPU), positions (CPU), then depth and mask when the data set has them."""
     from nvidia.dali import fn, pipeline_def, types
 
     h, w = loader.size
@@ -108,13 +227,16 @@ def _build_pipeline(loader, source, device_id):
     gpu = device_id is not None
     mean = [m * 255.0 for m in loader.dataset.mean]
     std = [s * 255.0 for s in loader.dataset.std]
+    extra = {"py_num_workers": py_workers, "py_start_method": start_method} if parallel else {}
 
     @pipeline_def(batch_size=loader.batch_size, num_threads=max(1, loader.num_workers),
                   device_id=device_id, prefetch_queue_depth=loader.prefetch, seed=loader.seed,
-                  exec_dynamic=True)
+                  exec_dynamic=True, **extra)
     def pipe():
         spec = _columns(loader)
         outs = fn.external_source(source=source, num_outputs=len(spec), batch=True,
+                                  batch_info=True, parallel=parallel,
+                                  prefetch_queue_depth=max(2, py_workers),
                                   dtype=[getattr(types, t) for _, t, _ in spec],
                                   layout=[lay for _, _, lay in spec])
         node = dict(zip([name for name, _, _ in spec], outs))
@@ -122,7 +244,7 @@ def _build_pipeline(loader, source, device_id):
                                 output_type=types.RGB)
         img = fn.resize(img, resize_x=w, resize_y=h, interp_type=types.INTERP_LINEAR,
                         antialias=True)
-        extra = []
+        extra_out = []
         if depth:
             dep = node["depth"].gpu() if gpu else node["depth"]
             dep = fn.resize(dep, resize_x=w, resize_y=h, interp_type=types.INTERP_NN,
@@ -131,37 +253,29 @@ def _build_pipeline(loader, source, device_id):
                 dep = fn.slice(dep, start=node["anchor"], shape=[h, w], axis_names="HW",
                                out_of_bounds_policy="pad", fill_values=0)
                 dep = fn.flip(dep, horizontal=node["flip"])
-            extra.append(fn.transpose(dep, perm=[2, 0, 1]))
+            extra_out.append(fn.transpose(dep, perm=[2, 0, 1]))
         if "mask" in node:
             msk = node["mask"].gpu() if gpu else node["mask"]
             msk = fn.resize(msk, resize_x=w, resize_y=h, interp_type=types.INTERP_NN,
                             antialias=False)
-            extra.append(fn.transpose(msk, perm=[2, 0, 1]))
+            extra_out.append(fn.transpose(msk, perm=[2, 0, 1]))
         if loader.augment:
             img = fn.slice(img, start=node["anchor"], shape=[h, w], axis_names="HW",
                            out_of_bounds_policy="pad", fill_values=0)
-        img = fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=mean,
-                                       std=std, mirror=node["flip"] if loader.augment else 0)
-        return (img, node["position"], *extra)
+        img = fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="HWC" if gpu else
+                                       "CHW", mean=mean, std=std,
+                                       mirror=node["flip"] if loader.augment else 0)
+        return (img, node["position"], *extra_out)
 
     return pipe()
 
 
-def _to_torch(tl, device):
-    """DALI TensorList (uniform shape) -> a torch tensor copy on ``device``."""
-    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
-
-    t = tl.as_tensor()
-    out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=device)
-    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
-    feed_ndarray(t, out, cuda_stream=stream)
-    return out
-
-
 class DaliImageLoader(ImageLoaderBase):
-    """DALI backend; ``num_workers`` is DALI's ``num_threads``."""
+    """DALI backend; ``num_workers`` is DALI's ``num_threads`` (decoding and augmentation); the
+    files are read by ``max(1, min(4, num_workers // 4))`` Python worker processes."""
 
     backend = "dali"
+    start_method = None    # None: chosen by `_workers_mode`
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -174,44 +288,106 @@ class DaliImageLoader(ImageLoaderBase):
             self.device = torch.device("cuda", self.device_id)
         else:
             self.device_id = None
-        self._source = _Source(self)
-        self._pipe = None
+        self.py_workers = max(1, min(4, self.num_workers // 4))
+        self._it = None          # DALIGenericIterator over the one pipeline
+        self._table = None
+        self._dali_epoch = 0     # DALI's epoch counter (one per pipeline reset)
+        self._key = None         # epoch key of the pass the pipeline is producing
+        self._fresh = False      # that pass is untouched: prepared, no batch taken yet
+        self._finished = True    # that pass was read to its end (DALI's epoch is over)
+        self._pass = 0
 
-    def _fresh_pipeline(self):
-        self._source = _Source(self)
-        self._pipe = _build_pipeline(self, self._source, self.device_id)
-        self._pipe.build()
+    # ------------------------------------------------------------------ pipeline lifetime
+    def _build(self, epoch):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+        if self.dataset.kind == "depth" and self.split == "test":
+            self.dataset.test_mask()  # computed once here, shipped to the source workers
+        self._table = _EpochTable()
+        self._dali_epoch = 0
+        self._table.set(0, epoch, len(self))
+        parallel, method = _workers_mode(self.start_method)
+        pipe = build_pipeline(self, _BatchSource(self, self._table), self.device_id, parallel,
+                              method, self.py_workers)
+        names = ["image", "position"] + (["depth"] if self.dataset.kind == "depth" else []) + \
+            (["mask"] if _wants_mask(self) else [])
+        self._it = DALIGenericIterator(pipe, names, size=-1, auto_reset=False,
+                                       prepare_first_batch=False)
+        self._key, self._fresh, self._finished = self.epoch_key(epoch), True, False
+
+    def _reset_for(self, epoch):
+        """Point the next DALI epoch at ``epoch`` and reset the pipeline (which starts it)."""
+        self._table.set(self._dali_epoch + 1, epoch, len(self))
+        self._it.reset()
+        self._dali_epoch += 1
+        self._key, self._fresh, self._finished = self.epoch_key(epoch), True, False
+
+    def _abandon(self):
+        """Cut the pass in flight short: no new batches, the ones in flight drained unread."""
+        epoch, _ = self._table.get(self._dali_epoch)
+        self._table.set(self._dali_epoch, epoch, 0)
+        for _ in self._it:
+            pass
+        self._finished = True
+
+    def close(self):
+        """Stop the pipeline and its source workers (the next pass builds a new one)."""
+        self._it = None
+        self._table = None
+        self._pass += 1
+
+    # ------------------------------------------------------------------ one pass
+    def _why(self, i):
+        """The reason the source left sample i out (its file, read again here)."""
+        try:
+            read_image_bytes(self.view, i)
+            if self.dataset.kind == "depth":
+                self._read_depth(i)
+        except DataError as e:
+            return str(e)
+        return f"{self.view.where(i)}: could not be read by the DALI source"
 
     def __iter__(self):
-        plan = self._begin_epoch()
-        if self.dataset.kind == "depth" and self.split == "test":
-            self.dataset.test_mask()
-        # a fresh pipeline per epoch: an epoch left half-way (break) leaves DALI's prefetch
-        # queue holding batches of the old order, and building costs little next to decoding
-        self._fresh_pipeline()
-        self._source.start(plan)
-        order = plan[0]
-        depth = self.dataset.kind == "depth"
-        while True:
+        if self._it is None:
+            self._build(self.epoch)
+        elif not (self._fresh and self._key == self.epoch_key()):
+            if not self._finished:
+                self._abandon()    # a pass left half-way, or a prepared pass of another epoch
+            self._reset_for(self.epoch)
+        self._fresh = False
+        order = self._begin_epoch()[0]
+        self._pass += 1
+        me = self._pass
+        for k in range(len(self) + 1):
+            if self._pass != me:
+                return    # a newer pass took the pipeline over: this one was abandoned
             try:
-                outs = self._pipe.run()
+                out = next(self._it)[0]
             except StopIteration:
                 break
-            except Exception as e:  # noqa: BLE001 - decoder/source failures become DataErrors
-                if self._source.error is not None:
-                    raise self._source.error
-                failed = self._source.fed[0] if self._source.fed else []
-                files = [self.view.where(int(order[p])) for p in failed]
+            except Exception as e:  # noqa: BLE001 - decoder failures become DataErrors
+                self.close()
+                lo = k * self.batch_size
+                files = [self.view.where(int(order[p])) for p in
+                         range(lo, min(lo + self.batch_size, len(order)))]
                 raise DataError(f"DALI failed on a batch of {len(files)} file(s) "
-                                f"[{'; '.join(files)}]: {str(e).splitlines()[0]}") from None
-            positions = self._source.fed.popleft()
-            x = _to_torch(outs[0], self.device)
-            pos = np.asarray(outs[1].as_tensor()).reshape(-1)
-            assert list(pos) == positions, "DALI returned batches out of order"
-            d = m = None
-            if depth:
-                d = _to_torch(outs[2], self.device)
-                m = _to_torch(outs[3], self.device).bool() if _wants_mask(self) else None
-            yield self._finish(x, pos, order, depth=d, mask=m)
-        self._pipe = None
+                                f"[{'; '.join(files)}]: {str(e).strip().splitlines()[-1]}") from e
+            pos = out["position"].view(-1).numpy()
+            lo = k * self.batch_size
+            want = np.arange(lo, min(lo + self.batch_size, len(order)))
+            got = pos[pos >= 0]
+            assert np.isin(got, want).all(), "DALI returned a batch of another pass"
+            for p in np.setdiff1d(want, got):
+                self._skip(self._why(int(order[p])))   # raises with on_error="raise"
+            x = out["image"]
+            d, m = out.get("depth"), out.get("mask")
+            if len(got) < len(pos):                    # drop the stand-in of an all-bad batch
+                keep = torch.from_numpy(np.flatnonzero(pos >= 0))
+                if len(keep) == 0:
+                    continue
+                x, d, m = (None if t is None else t[keep.to(t.device)] for t in (x, d, m))
+            if self.device_id is not None:
+                x = x.permute(0, 3, 1, 2)              # HWC -> channels_last NCHW view
+            yield self._finish(x, got, order, depth=d, mask=None if m is None else m.bool())
+        self._finished = True
         self._end_epoch()
+        self._reset_for(self.epoch)   # the next pass starts decoding now

@@ -3,9 +3,13 @@
 
 One ``DataLoader`` per loader, built on the first pass, with persistent workers: every epoch (and
 every validation/test pass) reuses the same processes. The batch sampler reads the order and the
-crop/flip draws of the coming epoch, so they still change per epoch. Workers return uint8 HWC
-images; the batch travels as uint8 (pinned when the device is CUDA) and is normalised on the device
-(`transforms.normalize_batch`). At the end of a pass the workers already start on the next one
+crop/flip draws of the coming epoch, so they still change per epoch. For a CUDA device the
+workers return uint8 HWC images: the batch travels as uint8 in pinned memory, is copied
+``non_blocking`` and normalised on the GPU (`transforms.normalize_batch`). For a CPU device the
+workers normalise (float32 CHW) themselves: the CPU is the device there, and the conversion in the
+main process would serialise work the workers do in parallel (measured on the 2-core machine: 150
+ms per batch of 64 images at 224 px, as long as the decoding). The first batch of every pass is
+cut into one chunk per worker, so all workers build it together. At the end of a pass the workers already start on the next one
 (the epoch after, which is what training asks for next); a pass that turns out to be a different
 one is dropped by the DataLoader's reset, and so is a pass left half-way.
 
@@ -26,7 +30,7 @@ import torch
 
 from .datasets import DataError
 from .loader_base import ImageLoaderBase, read_image_bytes, read_sample_depth, sample_test_mask
-from .transforms import crop_pad
+from .transforms import crop_pad, normalize_uint8
 
 __all__ = ["TorchImageLoader", "decode_resize", "worker_start_method"]
 
@@ -100,11 +104,12 @@ class _Samples(torch.utils.data.Dataset):
     """Map-style view used by the workers: item = (position, index, anchor_y, anchor_x, flip) ->
     (position, uint8 HWC image, depth, mask, error). Holds only picklable data (no loader)."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, normalise):
         self.dataset, self.view, self.split = loader.dataset, loader.view, loader.split
         self.size = loader.size
         self.augment = loader.augment
         self.depth = loader.dataset.kind == "depth"
+        self.normalise = normalise    # float32 CHW here, else uint8 HWC for the device
 
     def __len__(self):
         return len(self.view)
@@ -129,7 +134,10 @@ class _Samples(torch.utils.data.Dataset):
                 if flip:
                     arr = arr[:, ::-1]
                     depth = None if depth is None else depth[:, ::-1]
-            x = torch.from_numpy(np.require(arr, requirements=["C", "W"]))
+            if self.normalise:
+                x = normalize_uint8(arr, self.dataset.mean, self.dataset.std)
+            else:
+                x = torch.from_numpy(np.require(arr, requirements=["C", "W"]))
             d = None if depth is None else torch.from_numpy(np.ascontiguousarray(depth))[None]
             m = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask))[None]
             return pos, x, d, m, None
@@ -143,7 +151,7 @@ def _collate(items):
     if not good:
         return None, None, None, None, errors
     pos = np.array([it[0] for it in good], np.int64)
-    x = torch.stack([it[1] for it in good])                 # uint8 [B, H, W, 3]
+    x = torch.stack([it[1] for it in good])        # uint8 [B, H, W, 3] or float32 [B, 3, H, W]
     d = torch.stack([it[2] for it in good]) if good[0][2] is not None else None
     m = torch.stack([it[3] for it in good]) if good[0][3] is not None else None
     return pos, x, d, m, errors
@@ -153,17 +161,18 @@ class _EpochBatches:
     """Batch sampler of the persistent DataLoader: the batches of whatever plan it holds now
     (set before each pass), as lists of (position, index, anchor_y, anchor_x, flip) items.
 
-    Each batch is cut into ``parts`` chunks (one per worker), so all workers build a batch
-    together: the first batch of a pass then arrives ``parts`` times sooner than if one worker
-    made it alone, and the loader joins the chunks again (`TorchImageLoader.__iter__`)."""
+    The first batch is cut into ``parts`` chunks (one per worker), so all workers build it
+    together and a pass starts ``parts`` times sooner than if one worker made it alone; the
+    loader joins the chunks again (`TorchImageLoader.__iter__`). Later batches stay whole: by
+    then every worker is busy anyway, and joining costs a copy."""
 
     def __init__(self, batch_size, parts):
         self.batch_size, self.parts = batch_size, max(1, parts)
         self.plan = None
 
-    def chunks(self, n):
-        """Chunk sizes of a batch of n samples."""
-        k = min(self.parts, n)
+    def chunks(self, n, b):
+        """Chunk sizes of batch number b, of n samples."""
+        k = min(self.parts, n) if b == 0 else 1
         return [n // k + (j < n % k) for j in range(k)]
 
     def batch_sizes(self):
@@ -171,13 +180,13 @@ class _EpochBatches:
         return [min(self.batch_size, n - s) for s in range(0, n, self.batch_size)]
 
     def __len__(self):
-        return sum(len(self.chunks(b)) for b in self.batch_sizes())
+        return sum(len(self.chunks(n, b)) for b, n in enumerate(self.batch_sizes()))
 
     def __iter__(self):
         order, _, anchors, flips = self.plan
         p = 0
-        for b in self.batch_sizes():
-            for c in self.chunks(b):
+        for b, n in enumerate(self.batch_sizes()):
+            for c in self.chunks(n, b):
                 yield [(q, int(order[q]), int(anchors[order[q], 0]), int(anchors[order[q], 1]),
                         int(flips[order[q]])) for q in range(p, p + c)]
                 p += c
@@ -205,7 +214,7 @@ class TorchImageLoader(ImageLoaderBase):
                 kwargs = {"prefetch_factor": self.prefetch, "persistent_workers": True,
                           "multiprocessing_context": _context(worker_start_method())}
             self._dl = torch.utils.data.DataLoader(
-                _Samples(self), batch_sampler=self._sampler, num_workers=self.num_workers,
+                _Samples(self, normalise=self.device.type != "cuda"), batch_sampler=self._sampler, num_workers=self.num_workers,
                 collate_fn=_collate, pin_memory=self.device.type == "cuda", **kwargs)
         return self._dl
 
@@ -250,10 +259,10 @@ class TorchImageLoader(ImageLoaderBase):
         self._pass += 1
         me = self._pass
         chunks = iter(it)
-        for b in self._sampler.batch_sizes():
+        for b, n in enumerate(self._sampler.batch_sizes()):
             if self._pass != me:
                 return    # a newer pass took the workers over: this one was abandoned
-            parts = [next(chunks) for _ in self._sampler.chunks(b)]
+            parts = [next(chunks) for _ in self._sampler.chunks(n, b)]
             for msg in (m for part in parts for m in part[4]):
                 self._skip(msg)
             parts = [part for part in parts if part[0] is not None]
