@@ -329,6 +329,7 @@ class Trainer:
         zero = torch.zeros((), device=self.device)
         every = max(1, len(loader) // 50)
         n_batches, n_samples = 0, 0
+        first_batch_s = None     # wait for the loader's first batch (worker start-up, decoding)
         bar = None
         if cfg.progress and self.env.main:
             try:
@@ -346,6 +347,8 @@ class Trainer:
             model.train()
         try:
             for x, y, w in loader:
+                if first_batch_s is None:
+                    first_batch_s = time.perf_counter() - t0
                 if self.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 model.begin_step(labels=y if (cfg.fds and not rrt) else None, epoch=epoch,
@@ -404,7 +407,8 @@ class Trainer:
         stats = stats.cpu()
         nb = max(stats[6].item(), 1)
         rec = {"train_loss": stats[0].item() / nb, "train_supervised": stats[1].item() / nb,
-               "images_per_s": n_samples * self.env.world / dt, "epoch_time_s": dt}
+               "images_per_s": n_samples * self.env.world / dt, "epoch_time_s": dt,
+               "first_batch_s": first_batch_s}
         if self.ssir is not None and not rrt:
             rec["train_consistency"] = stats[2].item() / nb
             rec["similarity"] = stats[3].item() / nb
@@ -422,10 +426,12 @@ class Trainer:
         model = model or self.model
         was = model.training
         model.eval()
-        # the table lives on the model's device: NCCL reduces CUDA tensors only
+        from ..ops.bin_reduce import N_NONFINITE
+        # the table lives on the model's device (NCCL reduces CUDA tensors only) and is read
+        # once at the end: NaN/inf are counted per batch, not checked (a host sync per batch)
         m = BinnedMetrics(bins=self.bins, train_counts=self.train_counts, depth=self.depth,
                           many_thr=self.cfg.many_thr, few_thr=self.cfg.few_thr,
-                          shot_bins=self.shot_bins, device=self.device)
+                          shot_bins=self.shot_bins, device=self.device, allow_nonfinite=True)
         loader = self.loaders[split]
         loader.set_epoch(0)
         for x, y, w in loader:
@@ -438,6 +444,10 @@ class Trainer:
             m.update(pred, y, mask=mask)
         m.all_reduce()
         model.train(was)
+        bad = int(m.table[:, N_NONFINITE].sum().item())
+        if bad:
+            raise ValueError(f"evaluation on {split}: the model predicted NaN or inf for {bad} "
+                             f"target(s); the training diverged")
         return m
 
     # ---- checkpoints -----------------------------------------------------------------------

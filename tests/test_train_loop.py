@@ -1,0 +1,102 @@
+"""The training loop and the evaluation pass (ssir_fast.train.trainer.train_epoch / evaluate):
+no host read of a device value per step, the first-batch wait recorded, NaN predictions reported
+once per pass. The host reads are counted on the CPU by wrapping the tensor methods that force one
+on a GPU (item, tolist, cpu, numpy, bool/float/int conversion) and counting the calls made from
+ssir_fast's own code, except the data loaders (they hold host data by design) and the ops'
+argument checks (which read host tensors only: `ops.perturb._check_order` skips device tensors).
+The CUDA lane checks the real thing with torch.cuda.set_sync_debug_mode (test_dali.py)."""
+import os
+import sys
+
+import pytest
+import torch
+
+from ssir_fast.train import make_config
+from ssir_fast.train.trainer import Trainer
+from _dir_data import write_dir_csv
+
+READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    r = str(tmp_path_factory.mktemp("loop"))
+    write_dir_csv(r, sizes=(20, 6, 6), size=16)
+    return r
+
+
+def trainer(root, out, batch_size, **extra):
+    cfg = make_config({"data": "agedb", "data_root": root, "image_size": 16, "model": "cnn",
+                       "epochs": 1, "batch_size": batch_size, "workers": 0, "device": "cpu",
+                       "progress": False, "out": str(out), **extra})
+    t = Trainer(cfg, log=lambda *a: None)
+    t._setup()
+    t._optimizer(t.model.parameters())
+    t._epochs = 1
+    return t
+
+
+class HostReads:
+    """Counts host reads of tensor values made from ssir_fast code (loaders, ops excepted)."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        here = os.sep + "ssir_fast" + os.sep
+        skip = (here + "data" + os.sep, here + "ops" + os.sep)
+        for name in READS:
+            orig = getattr(torch.Tensor, name)
+
+            def wrapped(t, *a, _orig=orig, **k):
+                f = sys._getframe(1).f_code.co_filename
+                if here in f and not any(d in f for d in skip):
+                    self.n += 1
+                return _orig(t, *a, **k)
+            monkeypatch.setattr(torch.Tensor, name, wrapped)
+
+
+@pytest.mark.parametrize("ssir", [False, True])
+def test_host_reads_per_epoch_not_per_step(root, tmp_path, monkeypatch, ssir):
+    extra = {"ssir": True} if ssir else {}
+    counts = {}
+    for bs in (10, 4):                                  # 2 and 5 steps per epoch
+        t = trainer(root, tmp_path / f"b{bs}", bs, **extra)
+        assert len(t.train_loader) == (2 if bs == 10 else 5)
+        reads = HostReads(monkeypatch)
+        rec = t.train_epoch(0)
+        train_reads = reads.n
+        t.evaluate("val")
+        counts[bs] = (train_reads, reads.n - train_reads)
+        monkeypatch.undo()
+        assert rec["first_batch_s"] is not None and 0 <= rec["first_batch_s"] <= \
+            rec["epoch_time_s"]
+    assert counts[10] == counts[4], counts              # the same reads for 2 or 5 steps
+
+
+def test_evaluate_reports_nan_predictions_once(root, tmp_path):
+    t = trainer(root, tmp_path, 4)
+    with torch.no_grad():
+        for p in t.model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"evaluation on val: the model predicted NaN or inf "
+                                         r"for 6 target\(s\)"):
+        t.evaluate("val")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("ssir", [False, True])
+def test_cuda_synchronisations_per_epoch_not_per_step(root, tmp_path, ssir):
+    import warnings
+    counts = {}
+    for bs in (10, 4):
+        t = trainer(root, tmp_path / f"b{bs}", bs, device="cuda", **({"ssir": True} if ssir else {}))
+        t.train_epoch(0)                                # warm-up: cuDNN autotuning, allocator
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                t.train_epoch(1)
+                t.evaluate("val")
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts[bs] = sum("synchroniz" in str(w.message) for w in seen)
+    assert counts[10] == counts[4], counts
