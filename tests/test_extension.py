@@ -74,3 +74,36 @@ def test_missing_extension_warns_and_falls_back():
     """)
     assert r.returncode == 0, r.stderr
     assert "torch.Size([2, 3])" in r.stdout
+
+
+# ---- the one dispatch rule (issue 10 defect 3) ---------------------------------------------
+def test_dispatch_rule_per_device(monkeypatch):
+    from ssir_fast.ops._common import use_kernel
+    monkeypatch.setattr(_extension, "HAS_EXTENSION", True)
+    monkeypatch.setattr(_extension, "HAS_CUDA_KERNELS", False)
+    assert use_kernel("cpu") and not use_kernel("cuda") and not use_kernel("meta")
+    monkeypatch.setattr(_extension, "HAS_CUDA_KERNELS", True)
+    assert use_kernel("cpu") and use_kernel(torch.device("cuda", 0)) and not use_kernel("meta")
+    monkeypatch.setattr(_extension, "HAS_EXTENSION", False)
+    assert not use_kernel("cpu") and not use_kernel("cuda")
+
+
+def test_every_op_follows_the_dispatch_rule(monkeypatch):
+    """With the rule saying "no kernel" (here: no extension) every op answers from its PyTorch
+    fallback without touching torch.ops, as a _C without CUDA kernels must for CUDA tensors."""
+    from ssir_fast.ops import bin_feature_stats, bin_reduce, fds_calibrate, perturb
+
+    class NoOps:
+        def __getattr__(self, name):
+            raise AssertionError(f"torch.ops.ssir_fast.{name} called although the rule says fallback")
+
+    monkeypatch.setattr(_extension, "HAS_EXTENSION", False)
+    monkeypatch.setattr(torch.ops, "ssir_fast", NoOps())
+    x, g = torch.randn(3, 4), torch.randn(3, 4)
+    assert perturb(x, g, 0.5).shape == (3, 4)
+    assert perturb(x, g, torch.tensor([0.5, 0.0, 1.0])).shape == (3, 4)
+    assert bin_reduce(x.abs() + 1, g.abs() + 1, 0.0, 1.0, 4).shape == (4, 12)
+    idx = torch.tensor([0, 1, 1])
+    count, mean, var = bin_feature_stats(x, idx, 2)
+    assert count.tolist() == [1, 2]
+    assert fds_calibrate(x, idx, mean, var, mean, var).shape == (3, 4)

@@ -1,7 +1,10 @@
-"""Small helpers shared by the op wrappers: argument validation with readable errors."""
+"""What the four op wrappers share: the dispatch rule and argument conversions with readable
+errors."""
 import math
 
 import torch
+
+from .. import _extension
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -40,3 +43,16 @@ def require_positive(value, name):
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value}")
     return v
+
+
+def use_kernel(device):
+    """The one dispatch rule of every op: True when the compiled kernel serves tensors on
+    `device`, False when the op must take its pure-PyTorch fallback.
+
+    CPU tensors need the extension; CUDA tensors also need its CUDA kernels (a `_C` built where
+    nvcc was missing has CPU kernels only); other devices always fall back. Read at call time, so
+    SSIR_FAST_DISABLE_EXTENSION and tests that patch `_extension` take effect."""
+    if not _extension.HAS_EXTENSION:
+        return False
+    kind = torch.device(device).type
+    return kind == "cpu" or (kind == "cuda" and _extension.HAS_CUDA_KERNELS)

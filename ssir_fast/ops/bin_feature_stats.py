@@ -14,7 +14,7 @@ no atomics). Not differentiable (statistics are buffers).
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import require_float_dtype, require_tensor
+from ._common import require_float_dtype, require_tensor, use_kernel
 
 __all__ = ["bin_feature_stats", "bin_feature_stats_torch", "check_bin_index"]
 
@@ -52,7 +52,7 @@ def bin_feature_stats(features, bin_index, num_bins, unbiased=True):
     _check_features(features)
     idx = check_bin_index(bin_index, features.shape[0], features.device)
     num_bins = _check_num_bins(num_bins)
-    if not HAS_EXTENSION:
+    if not use_kernel(features.device):
         return bin_feature_stats_torch(features, idx, num_bins, unbiased)
     return tuple(torch.ops.ssir_fast.bin_feature_stats.default(features.detach(), idx, num_bins,
                                                                bool(unbiased)))

@@ -32,8 +32,9 @@ import numbers
 
 import torch
 
-from .._extension import HAS_CUDA_KERNELS, HAS_EXTENSION
-from ._common import require_float_dtype, require_positive, require_same, require_tensor
+from .._extension import HAS_EXTENSION
+from ._common import (require_float_dtype, require_positive, require_same, require_tensor,
+                      use_kernel)
 
 __all__ = ["bin_reduce", "bin_reduce_torch", "COLUMNS", "NUM_COLUMNS", "DEFAULT_FLOOR"]
 
@@ -85,8 +86,7 @@ def bin_reduce(pred, target, y_min, bin_width, num_bins, mask=None, floor=DEFAUL
     """
     y_min, bin_width, num_bins, floor = _check(pred, target, y_min, bin_width, num_bins, mask,
                                                floor)
-    if HAS_EXTENSION and (pred.device.type == "cpu" or
-                          (pred.device.type == "cuda" and HAS_CUDA_KERNELS)):
+    if use_kernel(pred.device):
         return torch.ops.ssir_fast.bin_reduce.default(pred, target, y_min, bin_width, num_bins,
                                                       mask, floor, bool(allow_nonfinite))
     return bin_reduce_torch(pred, target, y_min, bin_width, num_bins, mask, floor,

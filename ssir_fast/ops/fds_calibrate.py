@@ -19,7 +19,7 @@ import math
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import require_float_dtype, require_tensor
+from ._common import require_float_dtype, require_tensor, use_kernel
 from .bin_feature_stats import check_bin_index
 
 __all__ = ["fds_calibrate", "fds_calibrate_torch", "calibration_coefficients", "MIN_VAR_SUM"]
@@ -63,7 +63,7 @@ def fds_calibrate(features, bin_index, mean, var, smoothed_mean, smoothed_var, l
              for t in (mean, var, smoothed_mean, smoothed_var)]
     if stats[0].dtype != stats[1].dtype or len({s.dtype for s in stats}) > 1:
         stats = [s.double() for s in stats]
-    if not HAS_EXTENSION:
+    if not use_kernel(features.device):
         return fds_calibrate_torch(features, idx, *stats, lo, hi)
     return torch.ops.ssir_fast.fds_calibrate.default(features, idx, *stats, lo, hi)
 

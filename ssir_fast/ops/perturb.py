@@ -12,7 +12,8 @@ import numbers
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import require_finite_nonneg, require_float_dtype, require_same, require_tensor
+from ._common import (require_finite_nonneg, require_float_dtype, require_same, require_tensor,
+                      use_kernel)
 
 __all__ = ["perturb", "perturb_torch"]
 
@@ -88,7 +89,7 @@ def perturb(x, g, epsilon, clip_min=None, clip_max=None, out=None):
             raise ValueError(f"out must match x in shape, dtype and device, got out "
                              f"{tuple(out.shape)} {out.dtype} on {out.device} for x "
                              f"{tuple(x.shape)} {x.dtype} on {x.device}")
-    if not HAS_EXTENSION:
+    if not use_kernel(x.device):
         if eps_rows is not None:
             _check_eps_values(eps_rows)
         result = perturb_torch(x, g, epsilon, lo, hi, eps_rows)
