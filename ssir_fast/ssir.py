@@ -35,8 +35,9 @@ similarity rate (Definition 1), mean ||x~ - x|| / ||x|| and mean |f(x~) - f(x)| 
 The perturbation passes (f(x1), f(x~)) run on scratch copies of the model's buffers and with the
 RNG state of the clean forward, so BatchNorm running statistics, num_batches_tracked, any other
 buffer and the RNG streams end exactly as after the clean forward alone, and dropout draws the
-same masks in every pass (with subset, the passes see only the drawn rows: their BatchNorm batch
-statistics and dropout masks are those of the subset).
+same masks in every pass (with subset, the passes see only the drawn rows: their dropout masks
+are fresh draws, and every training-mode BatchNorm layer normalises them with the clean forward's
+whole-batch statistics, recorded by a hook during that forward).
 """
 import contextlib
 from dataclasses import dataclass
@@ -290,7 +291,9 @@ class SSIRLoss(torch.nn.Module):
 
         # Clean forward, keeping the graph w.r.t. x for step 1.
         x_in = x.detach().requires_grad_(True)  # an alias of x: no copy
-        pred = model(x_in)
+        bn_stats = {}
+        with _record_batchnorm_stats(model, bn_stats, self.subset is not None and self.subset < 1):
+            pred = model(x_in)
         self._check(x, y, pred, noise, weight)
         y = y.reshape(pred.shape).to(pred.dtype)
         ref = pred.detach().to(torch.promote_types(pred.dtype, torch.float32))
@@ -318,14 +321,15 @@ class SSIRLoss(torch.nn.Module):
         # Steps 2..n: fresh forward at the current point, input gradient only.
         for _ in range(1, self.n_steps):
             xk = x_adv.requires_grad_(True)
-            with self._context(model, rng_before), self._fast(x.device):
+            with self._context(model, rng_before), self._fast(x.device), \
+                    _use_batchnorm_stats(bn_stats):
                 dk = self._dist(model(xk), y_t).sum()
                 (g,) = torch.autograd.grad(dk, xk)
             x_adv = perturb(x, g, eps, lo, hi)
 
         # Consistency at x~ (parameters get gradients through this graph).
         x_adv = x_adv.detach()
-        with self._context(model, rng_before):
+        with self._context(model, rng_before), _use_batchnorm_stats(bn_stats):
             adv = model(x_adv)
         if rng_after is not None:
             rng_after.restore()
@@ -364,3 +368,41 @@ def draw_subset(rarity, fraction, generator=None):
     w = w + (w.max() * 1e-12 if int((w > 0).sum()) < k else 0.0)
     return torch.multinomial(w, k, replacement=False, generator=generator).sort().values
 
+
+@contextlib.contextmanager
+def _record_batchnorm_stats(model, store, enabled):
+    """Keep the batch mean and (biased) variance of each training-mode BatchNorm layer's input in
+    `store` during one forward. The subset passes normalise with them: a rarity-weighted subset
+    has other batch statistics than the whole batch, and f(x~) would then differ from f(x)
+    through BatchNorm alone (measured: similarity rate 0.02 at eps = 1e-3 without this)."""
+    handles = []
+    if enabled:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
+                def record(mod, args):
+                    v = args[0].detach().float()
+                    dims = [0] + list(range(2, v.dim()))
+                    store[mod] = (v.mean(dims), v.var(dims, unbiased=False))
+                handles.append(m.register_forward_pre_hook(record))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def _use_batchnorm_stats(store):
+    """BatchNorm layers in `store` output their input normalised with the recorded statistics
+    (the affine parameters still get gradients), instead of the current batch's."""
+    handles = []
+    for m, (mean, var) in store.items():
+        def replace(mod, args, out, mean=mean, var=var):
+            return torch.nn.functional.batch_norm(args[0], mean, var, mod.weight, mod.bias,
+                                                  False, 0.0, mod.eps)
+        handles.append(m.register_forward_hook(replace))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -439,3 +439,26 @@ def test_train_cli_rejects_bad_ssir_flags(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--data", "two_gaussians", "--ssir", "--epsilon", "large"])
     assert "expected a float or 'auto', got 'large'" in capsys.readouterr().err
+
+
+def test_subset_passes_normalise_with_the_whole_batch_statistics():
+    # BatchNorm, no dropout: with eps = 0 the subset rows of f(x~) equal the clean rows f(x)[idx]
+    # exactly, so the consistency is mean |z[idx]| and the similarity rate 1, however skewed the
+    # drawn rows are; the running statistics stay those of the clean forward alone.
+    torch.manual_seed(10)
+    model = SmallCNN()
+    model.features[6] = nn.Identity()   # no dropout
+    model.train()
+    twin = copy.deepcopy(model)
+    x = torch.randn(16, 3, 8, 8)
+    x[:4] += 3.0                        # rare rows, far from the batch mean
+    y, noise = torch.randn(16), torch.rand(16, 1) * 2 - 1
+    rarity = torch.tensor([100.0] * 4 + [1.0] * 12)
+    res = SSIRLoss(epsilon=0.0, lam=1.0, subset=0.25)(model, x, y, noise=noise, rarity=rarity)
+    assert torch.allclose(res.consistency, noise[res.index].abs().mean(), atol=1e-5)
+    assert float(res.similarity) == 1.0 and float(res.output_change) < 1e-5
+    twin(x)
+    for (name, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
+        assert torch.equal(a, b), name
+    res.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
