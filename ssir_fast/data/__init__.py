@@ -19,10 +19,9 @@ with worker processes), "auto" = DALI when importable. Both apply the same per-s
 draws in the same order; on the test split their tensors agree within the decoder/resize tolerance
 documented in `TEST_TOLERANCE` and the labels are identical.
 """
-import os
-
 from .datasets import (SPLITS, DataError, DepthDataset, ImageRegressionDataset, SplitView,
                        balanced_pixel_mask, load_dir_csv, load_nyud2, read_depth)
+from . import registry
 from .default_data import build_default, default_root, load_default
 from .synthetic import two_gaussians
 from .tabular import TabularDataset, TensorLoader, load_tabular
@@ -30,9 +29,7 @@ from .tabular import TabularDataset, TensorLoader, load_tabular
 __all__ = ["load_dataset", "make_loader", "DataError", "SplitView", "ImageRegressionDataset",
            "DepthDataset", "TabularDataset", "load_dir_csv", "load_nyud2", "load_default",
            "build_default", "default_root", "load_tabular", "two_gaussians", "balanced_pixel_mask",
-           "read_depth", "dali_available", "TEST_TOLERANCE", "DATASETS", "SPLITS"]
-
-DATASETS = ("default", "agedb", "imdb_wiki", "nyud2", "two_gaussians", "tabular")
+           "read_depth", "dali_available", "TEST_TOLERANCE", "DATASETS", "SPLITS", "registry"]
 
 # Agreement of the two backends on normalised inputs (x / 255 - 0.5) / 0.5, same files, CPU:
 # - no resize needed (stored size == requested size): both decode with libjpeg-turbo and apply the
@@ -50,7 +47,8 @@ def dali_available():
 
 
 def load_dataset(name, root=None, **options):
-    """A data set by name.
+    """A registered data set by name (see `registry`; ``registry.get(name).options`` lists the
+    options each one accepts).
 
     - ``"default"``: rotated digits (options of `load_default`: image_size, n_train, ...; ``root``
       is the build folder, default under ``$SSIR_FAST_DATA``).
@@ -60,30 +58,21 @@ def load_dataset(name, root=None, **options):
     - ``"two_gaussians"``: options of `two_gaussians` (ratio, d, n_major, ...).
     - ``"tabular"``: ``root`` is the CSV path; ``target=`` names the target column; options of
       `load_tabular`.
+
+    An option the data set's loader does not take is a TypeError naming it and the accepted ones.
     """
-    if name == "default":
-        return load_default(root, **options)
-    if name in ("agedb", "imdb_wiki"):
-        if root is None:
-            raise ValueError(f"load_dataset({name!r}) needs root= (the folder with {name}.csv)")
-        csv_path = options.pop("csv", None) or os.path.join(root, f"{name}.csv")
-        if not os.path.isabs(csv_path) and not os.path.exists(csv_path):
-            csv_path = os.path.join(root, csv_path)
-        return load_dir_csv(csv_path, options.pop("image_root", root), name=name, **options)
-    if name == "nyud2":
-        if root is None:
-            raise ValueError("load_dataset('nyud2') needs root= (the folder with nyu2_train.csv)")
-        return load_nyud2(root, **options)
-    if name == "two_gaussians":
-        return two_gaussians(**options)
-    if name == "tabular":
-        path = options.pop("path", None) or root
-        if path is None:
-            raise ValueError("load_dataset('tabular') needs root= (the CSV file) and target=")
-        if "target" not in options:
-            raise ValueError("load_dataset('tabular') needs target= (the target column)")
-        return load_tabular(path, **options)
-    raise ValueError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")
+    spec = registry.get(name)
+    errs = spec.option_errors(options, "load_dataset")
+    if errs:
+        raise TypeError("; ".join(errs))
+    return spec.load(root, **options)
+
+
+def __getattr__(name):
+    # DATASETS follows the registry, data sets registered later included
+    if name == "DATASETS":
+        return registry.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_loader(dataset, split, batch_size, backend="auto", device="cpu", shard=(0, 1), seed=0,

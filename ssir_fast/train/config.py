@@ -1,31 +1,36 @@
 """Training configuration: one dataclass, filled in layers and validated before any work starts.
 
-    defaults  <  data-set preset (PRESETS[data])  <  config file (YAML / TOML)  <  command-line flags
+    defaults  <  data-set preset  <  config file (YAML / TOML / JSON)  <  command-line flags
 
 Every field is a flag (``--reweight sqrt_inv``, ``--lds``, ``--no-lds``) and a config-file key
-(``reweight: sqrt_inv``; dashes and underscores are interchangeable). The presets hold the
-paper's schedules (SPEC 2): AgeDB / IMDB-WIKI Adam 1e-3, x0.1 at epochs 60 and 80 of 90, batch
-256, L1; NYUD2 Adam 1e-4, x0.1 every 5 epochs, 20 epochs, batch 32, weight decay 1e-4, MSE.
-`validate` rejects invalid combinations (LDS without re-weighting, RRT without a checkpoint,
-SMOGN on images, ...) with a message naming the flags.
+(``reweight: sqrt_inv``; dashes and underscores are interchangeable). The fields fall into the
+sections of `SECTIONS` (data, model, method, ssir, optim, output); a config file may be flat or
+sectioned (``data: {name: agedb, data_root: ...}``, ``[optim] lr = 1e-4``, see
+`load_config_file`), and `write_config` saves a run's merged configuration in sectioned form.
+
+The presets (the paper's schedules, SPEC 2) and the data-set rules live in the data-set registry,
+`ssir_fast.data.registry`; the help strings show the preset values read from it. `validate`
+rejects invalid combinations (LDS without re-weighting, RRT without a checkpoint, SMOGN on
+images, an unknown ``--data-options`` key, ...) with a message naming the flags; it runs once
+per configuration (`ensure_valid`).
 """
 import argparse
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from ..imbalance import LabelBins
-from ..metrics import nyud2_shot_bins
+from ..data import registry
 
-__all__ = ["TrainConfig", "ConfigError", "PRESETS", "LOSSES", "load_config_file", "add_arguments",
-           "make_config", "validate", "describe"]
+__all__ = ["TrainConfig", "ConfigError", "SECTIONS", "LOSSES", "load_config_file", "add_arguments",
+           "make_config", "validate", "ensure_valid", "describe", "sectioned", "write_config",
+           "preset_note"]
 
 LOSSES = ("l1", "mse", "huber", "focal-l1", "focal-mse", "bmc", "gai", "bni")
 REWEIGHTS = ("none", "inverse", "sqrt_inv")
 SCHEDULES = ("multistep", "step", "cosine", "none")
-DATASETS = ("default", "agedb", "imdb_wiki", "nyud2", "two_gaussians", "tabular")
 MODELS = ("mlp", "cnn", "resnet18", "resnet50", "depthnet")
 
 
@@ -33,7 +38,7 @@ class ConfigError(ValueError):
     """An invalid option or combination of options (raised before any work starts)."""
 
 
-def _f(default, help, choices=None, group="training", flag_type=None):
+def _f(default, help, choices=None, group="optim", flag_type=None):
     return field(default=default, metadata={"help": help, "choices": choices, "group": group,
                                             "type": flag_type})
 
@@ -41,33 +46,28 @@ def _f(default, help, choices=None, group="training", flag_type=None):
 @dataclass
 class TrainConfig:
     # data
-    data: str = _f("default", "data set", DATASETS, "data")
-    data_root: Optional[str] = _f(None, "data folder (agedb/imdb_wiki/nyud2) or CSV file (tabular);"
-                                  " default data: the build folder", group="data")
-    image_size: Optional[int] = _f(None, "input image size (default data: builds that size)",
-                                   group="data", flag_type=int)
+    data: str = _f("default", "data set (registered in ssir_fast.data.registry)", group="data")
+    data_root: Optional[str] = _f(None, "where the data set is", group="data")
+    image_size: Optional[int] = _f(None, "input image size (the default data are built at that "
+                                   "size)", group="data", flag_type=int)
     target: Optional[str] = _f(None, "target column (tabular)", group="data")
     ratio: float = _f(10.0, "imbalance ratio N1/N2 (two_gaussians)", group="data", flag_type=float)
-    data_options: Optional[dict] = _f(None, "extra data-set options k=v,k=v (default data: n_train,"
-                                      " val_per_bin, test_per_bin, max_angle, tau)", group="data",
-                                      flag_type="kv")
+    data_options: Optional[dict] = _f(None, "options of the data set's loader, k=v,k=v",
+                                      group="data", flag_type="kv")
     augment: Optional[bool] = _f(None, "DIR training augmentation (pad-16 random crop + flip; "
-                                 "default on, off for the default data: a flip changes the "
-                                 "rotation angle)", group="data", flag_type="bool")
+                                 "off for the default data: a flip changes the rotation angle)",
+                                 group="data", flag_type="bool")
     backend: str = _f("auto", "image loader backend", ("auto", "dali", "torch"), "data")
     workers: Optional[int] = _f(None, "loader workers (default: 0 for images <= 32 px, else "
                                 "min(4, CPUs))", group="data", flag_type=int)
     # model
-    model: Optional[str] = _f(None, "model (default: per data set)", MODELS, "model")
+    model: Optional[str] = _f(None, "model", MODELS, "model")
     width: Optional[int] = _f(None, "base width (mlp hidden / cnn / resnet channels)", group="model",
                               flag_type=int)
     standardize_target: Optional[bool] = _f(None, "the head predicts (y - mean) / std of the "
-                                            "training labels (default on for default/tabular/"
-                                            "two_gaussians, off for the paper data sets)",
-                                            group="model", flag_type="bool")
+                                            "training labels", group="model", flag_type="bool")
     # supervised loss
-    loss: Optional[str] = _f(None, "supervised loss (default: l1, mse for nyud2/two_gaussians)",
-                             LOSSES, "method")
+    loss: Optional[str] = _f(None, "supervised loss", LOSSES, "method")
     focal_beta: float = _f(0.2, "Focal-R beta", group="method", flag_type=float)
     focal_gamma: float = _f(1.0, "Focal-R gamma", group="method", flag_type=float)
     focal_activate: str = _f("sigmoid", "Focal-R activation", ("sigmoid", "tanh"), "method")
@@ -93,8 +93,8 @@ class TrainConfig:
                                flag_type=int)
     fds_start_smooth: int = _f(1, "FDS first epoch calibrating features", group="method",
                                flag_type=int)
-    fds_clip: Optional[list] = _f(None, "FDS variance-ratio clamp lo,hi (default 0.1,10; nyud2 "
-                                  "0.2,5)", group="method", flag_type="floats")
+    fds_clip: Optional[list] = _f(None, "FDS variance-ratio clamp lo,hi", group="method",
+                                  flag_type="floats")
     # RankSim
     ranksim: bool = _f(False, "RankSim regulariser on the features", group="method")
     ranksim_gamma: float = _f(100.0, "RankSim weight gamma", group="method", flag_type=float)
@@ -112,11 +112,10 @@ class TrainConfig:
     checkpoint: Optional[str] = _f(None, "model checkpoint (RRT first stage)", group="method")
     # SSIR
     ssir: bool = _f(False, "SSIR consistency loss", group="ssir")
-    lam: Optional[float] = _f(None, "SSIR lambda (default 0.1; nyud2 1.0)", group="ssir",
-                              flag_type=float)
-    epsilon: Optional[float] = _f(None, "SSIR perturbation radius (default 1e-3; nyud2 5e-4); 0 "
-                                  "= output noise only (ablation); auto = eps_i = rho * delta / "
-                                  "||grad_x D_i|| per sample", group="ssir", flag_type="eps")
+    lam: Optional[float] = _f(None, "SSIR lambda", group="ssir", flag_type=float)
+    epsilon: Optional[float] = _f(None, "SSIR perturbation radius; 0 = output noise only "
+                                  "(ablation); auto = eps_i = rho * delta / ||grad_x D_i|| per "
+                                  "sample", group="ssir", flag_type="eps")
     ssir_rho: float = _f(0.5, "auto-epsilon: first-order output change as a fraction of delta, in "
                          "(0, 1]", group="ssir", flag_type=float)
     ssir_eps_max: Optional[float] = _f(None, "auto-epsilon: cap on the per-sample radius",
@@ -154,22 +153,20 @@ class TrainConfig:
                         ("auto", "bf16", "fp16"))
     channels_last: bool = _f(True, "channels_last memory format on GPU (ignored on CPU)")
     compile: bool = _f(False, "torch.compile the model")
-    threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's; 1 for the small "
-                                "default model, which gains little from more and suffers most on "
-                                "busy cores)", flag_type=int)
-    # evaluation: shot groups by training count thresholds, or by fixed lists of bins
+    threads: Optional[int] = _f(None, "CPU threads for torch (unset: torch's; small models gain "
+                                "little from more and suffer most on busy cores)", flag_type=int)
+    # output, evaluation: shot groups by training count thresholds, or by fixed lists of bins
     many_thr: float = _f(100, "many-shot: more than this many training labels in the bin",
-                         group="evaluation", flag_type=float)
+                         group="output", flag_type=float)
     few_thr: float = _f(20, "few-shot: fewer than this many training labels in the bin",
-                        group="evaluation", flag_type=float)
+                        group="output", flag_type=float)
     many_bins: Optional[list] = _f(None, "many-shot bins as a list of bin indices, e.g. 2-38,40 "
-                                   "(replaces the thresholds; nyud2: the official lists)",
-                                   group="evaluation", flag_type="ranges")
+                                   "(replaces the thresholds)",
+                                   group="output", flag_type="ranges")
     medium_bins: Optional[list] = _f(None, "medium-shot bin indices (see --many-bins)",
-                                     group="evaluation", flag_type="ranges")
+                                     group="output", flag_type="ranges")
     few_bins: Optional[list] = _f(None, "few-shot bin indices (see --many-bins)",
-                                  group="evaluation", flag_type="ranges")
-    # output
+                                  group="output", flag_type="ranges")
     out: Optional[str] = _f(None, "run folder (default runs/<data>-<method>-s<seed>)", group="output")
     resume: bool = _f(False, "continue the run in --out from its last checkpoint", group="output")
     tensorboard: bool = _f(False, "also log to TensorBoard (needs tensorboard)", group="output")
@@ -199,39 +196,93 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# The paper's settings per data set (SPEC 2), and fast settings for the small data sets.
-PRESETS = {
-    "default": dict(augment=False, standardize_target=True, model="cnn", width=16, image_size=16,
-                    epochs=8, batch_size=128, lr=1e-3, weight_decay=0.0, schedule="multistep",
-                    milestones=[5, 7], loss="l1", threads=1),
-    "agedb": dict(model="resnet50", image_size=224, epochs=90, batch_size=256, lr=1e-3,
-                  weight_decay=0.0, schedule="multistep", milestones=[60, 80], loss="l1"),
-    "imdb_wiki": dict(model="resnet50", image_size=224, epochs=90, batch_size=256, lr=1e-3,
-                      weight_decay=0.0, schedule="multistep", milestones=[60, 80], loss="l1"),
-    "nyud2": dict(model="depthnet", epochs=20, batch_size=32, lr=1e-4, weight_decay=1e-4,
-                  schedule="step", step_size=5, loss="mse", lam=1.0, epsilon=5e-4,
-                  fds_clip=[0.2, 5.0], **{f"{g}_bins": b for g, b in nyud2_shot_bins(
-                      LabelBins(0.7, 0.1, 93)).items()}),
-    "two_gaussians": dict(standardize_target=True, model="mlp", width=128, epochs=200,
-                          batch_size=256, lr=1e-3,
-                          weight_decay=5e-5, schedule="none", loss="mse"),
-    "tabular": dict(standardize_target=True, model="mlp", width=128, epochs=100, batch_size=256,
-                    lr=1e-3,
-                    weight_decay=0.0, schedule="none", loss="l1"),
-}
-FALLBACK = dict(augment=True, standardize_target=False, lam=0.1, epsilon=1e-3,
-                fds_clip=[0.1, 10.0], schedule="none", weight_decay=0.0)
-
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+# The sections of the configuration, each field in one (its metadata "group"; config files and
+# the saved run configuration use them, the flags stay flat).
+SECTIONS = {s: tuple(f.name for f in fields(TrainConfig) if f.metadata["group"] == s)
+            for s in ("data", "model", "method", "ssir", "optim", "output")}
+_SECTION_OF = {name: s for s, names in SECTIONS.items() for name in names}
+if len(_SECTION_OF) != len(_FIELDS):
+    raise RuntimeError(f"TrainConfig fields outside the sections {list(SECTIONS)}: "
+                       f"{sorted(set(_FIELDS) - set(_SECTION_OF))}")
 
 
 def _norm_key(k):
     return str(k).replace("-", "_")
 
 
+def _section_key(section, key, where):
+    """The field a key of a config-file section names: the field itself, ``name`` for the data
+    set / model, or the field without the section prefix (``root`` -> data_root, ``rho`` ->
+    ssir_rho)."""
+    names = SECTIONS[section]
+    if key == "name" and section in names:
+        return section
+    if key in names:
+        return key
+    if f"{section}_{key}" in names:
+        return f"{section}_{key}"
+    if key in _SECTION_OF:
+        raise ConfigError(f"{where}: option {key!r} belongs in section [{_SECTION_OF[key]}], not "
+                          f"[{section}]")
+    raise ConfigError(f"{where}: unknown option {key!r} in section [{section}]; its options: "
+                      f"{', '.join(names)}")
+
+
+def flatten_sections(doc, where="config"):
+    """{field: value} from a flat or sectioned mapping (both forms may be mixed). A mapping under
+    a key that is no section (and no mapping-valued option), an unknown key of a section, an
+    option in the wrong section or an option given twice is a ConfigError naming it."""
+    flat = {}
+
+    def put(name, value):
+        if name in flat:
+            raise ConfigError(f"{where}: option {name!r} is given twice")
+        flat[name] = value
+
+    for k, v in doc.items():
+        key = _norm_key(k)
+        if key in SECTIONS and isinstance(v, dict):
+            for sk, sv in v.items():
+                put(_section_key(key, _norm_key(sk), where), sv)
+        elif key in SECTIONS and key not in _FIELDS:
+            raise ConfigError(f"{where}: section [{key}] must be a table of option: value, got "
+                              f"{v!r}")
+        elif isinstance(v, dict) and key not in _FIELDS:
+            raise ConfigError(f"{where}: unknown section {key!r}; the sections are "
+                              f"{', '.join(SECTIONS)}")
+        else:
+            put(key, v)
+    return flat
+
+
+def sectioned(cfg):
+    """The configuration as {section: {option: value}} (the data set and model as ``name``),
+    the form `write_config` saves and `load_config_file` reads back."""
+    values = dataclasses.asdict(cfg)
+    return {sec: {("name" if n == sec else n): values[n] for n in names}
+            for sec, names in SECTIONS.items()}
+
+
+def write_config(cfg, path):
+    """Save the merged configuration as sectioned JSON (atomically): ``--config path`` gives the
+    same configuration back. ``resume`` is saved as false: the file describes the run, and
+    replaying it starts the run afresh."""
+    doc = sectioned(cfg)
+    doc["output"]["resume"] = False
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
 def load_config_file(path):
-    """A YAML (.yaml/.yml) or TOML (.toml) file of field: value pairs (a `train:` table is also
-    accepted). Unknown keys are an error naming them."""
+    """A YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file of option: value pairs, flat or in
+    sections (``data: {name: agedb}``, ``[optim] lr = 1e-4``; a legacy ``train:`` table is also
+    accepted). Unknown sections and keys are an error naming them."""
     if not os.path.isfile(path):
         raise ConfigError(f"--config: file not found: {path}")
     ext = os.path.splitext(path)[1].lower()
@@ -262,13 +313,21 @@ def load_config_file(path):
                 where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
                 problem = getattr(e, "problem", None) or str(e).splitlines()[0]
                 raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    elif ext == ".json":
+        with open(path) as f:
+            try:
+                doc = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}: line {e.lineno}, column {e.colno}: JSON syntax "
+                                  f"error: {e.msg}") from None
     else:
-        raise ConfigError(f"--config must be a .yaml, .yml or .toml file, got {path}")
+        raise ConfigError(f"--config must be a .yaml, .yml, .toml or .json file, got {path}")
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value")
     if "train" in doc and isinstance(doc["train"], dict):
         doc = {**{k: v for k, v in doc.items() if k != "train"}, **doc["train"]}
-    doc = {_norm_key(k): v for k, v in doc.items() if _norm_key(k) != "description"}
+    doc = flatten_sections({k: v for k, v in doc.items() if _norm_key(k) != "description"},
+                           path)
     unknown = sorted(set(doc) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"{path}: unknown option(s) {unknown}")
@@ -337,8 +396,59 @@ def _epsilon(text):
         raise argparse.ArgumentTypeError(f"expected a float or 'auto', got {text!r}") from None
 
 
+def _show(v):
+    """A preset value as a flag would take it: 0.001, on, 60,80."""
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, (list, tuple)):
+        return f"{len(v)} bins" if len(v) > 4 else ",".join(_show(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def preset_note(name):
+    """The preset values of option ``name`` per data set, read from the registry, e.g.
+    'nyud2 1, else 0.1' ('' when no data set presets it)."""
+    groups = {}
+    for spec in registry.specs():
+        v = spec.preset.get(name, registry.BASE_PRESET.get(name))
+        if v is not None:
+            groups.setdefault(_show(v), []).append(spec.name)
+    if not groups:
+        return ""
+    n = len(registry.names())
+    common = max(groups, key=lambda v: len(groups[v]))
+    others = common if len(groups[common]) > n / 2 and len(groups) > 1 else None
+    parts = [f"{'/'.join(who)} {v}" for v, who in groups.items() if v != others]
+    if len(groups) == 1 and len(groups[common]) == n:
+        parts = [common]
+    if others is not None:
+        parts.append(f"else {others}")
+    return ", ".join(parts)
+
+
+def _help(f):
+    """The flag's help: its text, the preset values per data set, and for the data options
+    what each data set's loader accepts."""
+    extra = ""
+    if f.name == "data":
+        extra = ": " + "; ".join(f"{s.name} = {s.summary}" for s in registry.specs())
+    elif f.name == "data_root":
+        extra = ": " + "; ".join(f"{s.name}{'' if s.needs_root else ' (optional)'}: {s.root}"
+                                 for s in registry.specs() if s.root)
+    elif f.name == "data_options":
+        extra = "; " + "; ".join(
+            f"{s.name}: {', '.join(o for o in s.options if o not in s.flags)}"
+            for s in registry.specs())
+    note = preset_note(f.name)
+    if note:
+        extra += f" (preset per --data: {note})"
+    return f.metadata["help"] + extra.replace("%", "%%")   # argparse formats help with %
+
+
 def add_arguments(parser):
-    """Add one flag per TrainConfig field (defaults suppressed, so only given flags are set)."""
+    """Add one flag per TrainConfig field (defaults suppressed, so only given flags are set), in
+    argument groups by section. Data-set choices, presets and options come from the registry as
+    it is when the parser is built."""
     groups = {}
     for f in fields(TrainConfig):
         md = f.metadata
@@ -346,7 +456,7 @@ def add_arguments(parser):
         if g not in groups:
             groups[g] = parser.add_argument_group(g)
         flag = "--" + f.name.replace("_", "-")
-        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=md["help"])
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=_help(f))
         if isinstance(f.default, bool) or md["type"] == "bool":
             groups[g].add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
@@ -363,10 +473,11 @@ def add_arguments(parser):
             kw["type"] = _epsilon
         elif t is not None:
             kw["type"] = t
-        if md["choices"]:
-            kw["choices"] = md["choices"]
+        if md["choices"] or f.name == "data":
+            kw["choices"] = registry.names() if f.name == "data" else md["choices"]
         groups[g].add_argument(flag, **kw)
-    parser.add_argument("--config", default=None, help="YAML or TOML config file (flags override it)")
+    parser.add_argument("--config", default=None, help="YAML, TOML or JSON config file, flat or "
+                        "in sections (flags override it); a run's config.json reproduces it")
     return parser
 
 
@@ -468,16 +579,69 @@ def make_config(cli=None, file_values=None, validate_now=True):
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown}")
     data = given.get("data", "default")
-    if data not in PRESETS:
-        raise ConfigError(f"--data must be one of {list(DATASETS)}, got {data!r}")
-    preset = dict(PRESETS[data])
+    try:
+        preset = dict(registry.get(data).preset)
+    except ValueError:
+        raise ConfigError(f"--data must be one of {list(registry.names())}, got {data!r}") \
+            from None
     if any(k in given for k in ("many_thr", "few_thr")) and not any(
             k in given for k in ("many_bins", "medium_bins", "few_bins")):
         for k in ("many_bins", "medium_bins", "few_bins"):   # thresholds given: they decide
             preset.pop(k, None)
-    values = {**FALLBACK, **preset, **given}
+    values = {**registry.BASE_PRESET, **preset, **given}
     cfg = TrainConfig(**{k: v for k, v in values.items() if k in _FIELDS})
     if validate_now:
+        validate(cfg)
+    return cfg
+
+
+def _data_errors(cfg):
+    """What the data set's registration says about cfg: its --data-root, models, --data-options
+    (checked against its loader's signature) and its own rules."""
+    try:
+        spec = registry.get(cfg.data)
+    except ValueError:
+        return [f"--data must be one of {list(registry.names())}, got {cfg.data!r}"]
+    errs = []
+    if cfg.smogn and spec.kind != "tabular":
+        tab = " or ".join(s.name for s in registry.specs() if s.kind == "tabular")
+        errs.append(f"--smogn over-samples feature vectors: it needs tabular data "
+                    f"(--data {tab}), not --data {cfg.data}")
+    if spec.models and cfg.model not in spec.models:
+        what = {"depth": "predicts depth maps", "tabular": "holds feature vectors"}.get(
+            spec.kind, "is an image data set")
+        errs.append(f"--data {cfg.data} {what}: use --model {' or '.join(spec.models)}, not "
+                    f"{cfg.model}")
+    if cfg.model == "depthnet" and spec.kind != "depth":
+        depth = " or ".join(s.name for s in registry.specs() if s.kind == "depth")
+        errs.append(f"--model depthnet is the NYUD2 depth model: use it with --data {depth}")
+    if spec.needs_root and not cfg.data_root:
+        errs.append(f"--data {cfg.data} needs --data-root ({spec.root})")
+    opts = cfg.data_options or {}
+    if not isinstance(opts, dict):
+        return errs + [f"--data-options must be a mapping of option: value, got {opts!r}"]
+    accepted = [o for o in spec.options if o not in spec.flags]
+    for k in sorted(opts):
+        flag = spec.flags.get(k)
+        if flag is not None and getattr(cfg, flag) is not None:
+            errs.append(f"--data-options {k}: set by --{flag.replace('_', '-')} for --data "
+                        f"{cfg.data}; give it there")
+        elif k not in spec.options:
+            errs.append(f"--data-options: unknown option {k!r} for --data {cfg.data}; accepted: "
+                        f"{', '.join(accepted)}")
+    if "on_error" in opts and opts["on_error"] not in registry.ON_ERROR:
+        errs.append(f"--data-options on_error must be raise or skip, got {opts['on_error']!r}")
+    return errs + list(spec.rules(cfg))
+
+
+def _fingerprint(cfg):
+    return repr(dataclasses.asdict(cfg))
+
+
+def ensure_valid(cfg):
+    """validate(cfg) unless it already passed as it is now (make_config validates; the trainer
+    calls this, so a configuration is checked once, and again only if changed since)."""
+    if getattr(cfg, "_validated", None) != _fingerprint(cfg):
         validate(cfg)
     return cfg
 
@@ -490,7 +654,7 @@ def validate(cfg):
         if not cond:
             errs.append(msg)
 
-    for name, choices in (("data", DATASETS), ("model", MODELS), ("loss", LOSSES),
+    for name, choices in (("model", MODELS), ("loss", LOSSES),
                           ("reweight", REWEIGHTS), ("schedule", SCHEDULES),
                           ("amp_dtype", ("auto", "bf16", "fp16"))):
         v = getattr(cfg, name)
@@ -553,28 +717,7 @@ def validate(cfg):
             errs.append("--rrt is a second stage: train --ssir/--fds/--ranksim in the first stage")
     elif cfg.checkpoint and not os.path.isfile(cfg.checkpoint):
         errs.append(f"--checkpoint: file not found: {cfg.checkpoint}")
-    if cfg.smogn and cfg.data not in ("tabular", "two_gaussians"):
-        errs.append(f"--smogn over-samples feature vectors: it needs tabular data "
-                    f"(--data tabular or two_gaussians), not --data {cfg.data}")
-    dense = cfg.data == "nyud2" or cfg.model == "depthnet"
-    if dense and cfg.model != "depthnet":
-        errs.append(f"--data nyud2 predicts depth maps: use --model depthnet, not {cfg.model}")
-    if cfg.model == "depthnet" and cfg.data != "nyud2":
-        errs.append("--model depthnet is the NYUD2 depth model: use it with --data nyud2")
-    if dense and (cfg.fds or cfg.ranksim):
-        errs.append("--fds and --ranksim work on per-sample features; the depth model has none "
-                    "(use --reweight/--lds/--ssir for nyud2)")
-    if dense and cfg.loss == "bmc":
-        errs.append("--loss bmc builds an M x M matrix over every output pixel: use --loss bni or "
-                    "gai for depth maps")
-    tab = cfg.data in ("tabular", "two_gaussians")
-    if tab and cfg.model not in ("mlp",):
-        errs.append(f"--data {cfg.data} holds feature vectors: use --model mlp, not {cfg.model}")
-    if cfg.data in ("agedb", "imdb_wiki", "nyud2", "tabular") and not cfg.data_root:
-        errs.append(f"--data {cfg.data} needs --data-root (the folder with the CSV / list files"
-                    f"{' or the CSV file' if cfg.data == 'tabular' else ''})")
-    if cfg.data == "tabular" and not cfg.target:
-        errs.append("--data tabular needs --target COLUMN")
+    errs += _data_errors(cfg)
     if cfg.fds:
         need(cfg.fds_start_smooth > cfg.fds_start_update,
              "--fds-start-smooth must be > --fds-start-update")
@@ -608,6 +751,7 @@ def validate(cfg):
         need(cfg.out is not None, "--resume needs --out RUN_FOLDER (the run to continue)")
     if errs:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errs))
+    cfg._validated = _fingerprint(cfg)   # not a field: asdict and the checkpoints leave it out
     return cfg
 
 

@@ -35,7 +35,8 @@ import torch
 from . import distributed as D
 from .checkpoint import (FORMAT, atomic_save, load_checkpoint, load_model_state, rng_state,
                          set_rng_state)
-from .config import ConfigError, describe, validate
+from ..data import load_dataset, registry
+from .config import ConfigError, describe, ensure_valid, write_config
 from .models import build_model
 from .precision import choose_precision
 
@@ -75,25 +76,14 @@ def resolve_device(name, env):
 # ---------------------------------------------------------------------------------- data
 
 def load_data(cfg, progress=True):
-    """(dataset, original training labels) for cfg.data; SMOGN resamples the training split."""
-    from ..data import load_dataset
-    opts = dict(cfg.data_options or {})
-    if opts.get("on_error", "raise") not in ("raise", "skip"):
-        raise ConfigError(f"--data-options on_error must be raise or skip, got "
-                          f"{opts['on_error']!r}")
-    size = {"image_size": cfg.image_size} if cfg.image_size else {}
-    try:
-        if cfg.data == "default":
-            ds = load_dataset("default", cfg.data_root, progress=progress, **size, **opts)
-        elif cfg.data in ("agedb", "imdb_wiki", "nyud2"):
-            ds = load_dataset(cfg.data, cfg.data_root, **size, **opts)
-        elif cfg.data == "two_gaussians":
-            opts.pop("on_error", None)   # generated in memory: nothing to skip
-            ds = load_dataset("two_gaussians", ratio=cfg.ratio, seed=cfg.seed, **opts)
-        else:
-            ds = load_dataset("tabular", cfg.data_root, target=cfg.target, **opts)
-    except TypeError as e:   # an unknown --data-options key
-        raise ConfigError(f"--data-options {opts}: {e}") from None
+    """(dataset, original training labels) for a validated cfg; SMOGN resamples the training
+    split. The registry says which loader keywords come from flags (--image-size, --target, ...);
+    --data-options were checked against the loader's signature by `validate`."""
+    spec = registry.get(cfg.data)
+    kwargs = {k: getattr(cfg, f) for k, f in spec.flags.items() if getattr(cfg, f) is not None}
+    if "progress" in kwargs:
+        kwargs["progress"] = progress   # this rank's bar, not the flag alone
+    ds = load_dataset(cfg.data, cfg.data_root, **kwargs, **(cfg.data_options or {}))
     train_labels = np.asarray(ds.train_labels, np.float64)
     if cfg.smogn:
         from ..data.tabular import TabularSplit
@@ -106,10 +96,9 @@ def load_data(cfg, progress=True):
     return ds, train_labels
 
 
-def input_shape(ds):
-    if getattr(ds, "kind", None) == "tabular":
-        return (ds.num_features,)
-    return (3,) + tuple(ds.image_size)
+def input_shape(cfg, ds):
+    """The model input shape of one sample of ds, as cfg.data's registration gives it."""
+    return registry.get(cfg.data).input_shape(ds)
 
 
 def make_base_loss(cfg, bins, train_labels, device):
@@ -186,7 +175,7 @@ class Trainer:
     """Builds everything from a validated TrainConfig; `run()` trains (or RRT) and tests."""
 
     def __init__(self, cfg, log=None):
-        validate(cfg)
+        ensure_valid(cfg)   # once: make_config has validated it unless changed since
         self.cfg = cfg
         self.env = D.setup("cuda" if (cfg.device != "cpu" and torch.cuda.is_available()) else "cpu")
         self.device = resolve_device(cfg.device, self.env)
@@ -261,7 +250,7 @@ class Trainer:
                           sigma=cfg.fds_sigma, momentum=cfg.fds_momentum,
                           start_update=cfg.fds_start_update, start_smooth=cfg.fds_start_smooth,
                           clip=tuple(cfg.fds_clip))
-        self.model = build_model(cfg.model, input_shape(ds), cfg.width, fds)
+        self.model = build_model(cfg.model, input_shape(cfg, ds), cfg.width, fds)
         # The output starts at the mean training label (and, with --standardize-target, the head
         # predicts (y - mean) / std): with an L1 loss and Adam at lr 1e-3 the raw head otherwise
         # needs many epochs just to reach the label range.
@@ -535,6 +524,8 @@ class Trainer:
         cfg = self.cfg
         try:
             self._setup()
+            if self.env.main:   # the merged configuration: --config gives the run back
+                write_config(cfg, self._path("config.json"))
             self.log(describe(cfg))
             self.log(f"device={self.device} processes={self.env.world} out={self.out} "
                      f"train={len(self.ds.splits['train'])}")
