@@ -83,6 +83,11 @@ def test_registration_errors_are_clear(tiny):
         registry.register({"name": "x"})
     with pytest.raises(ValueError, match="unknown data set 'nope'"):
         registry.get("nope")
+    registry.register(registry.DataSpec("tiny", "typo", "tabular", tiny.spec.load,
+                                        preset=dict(epoch=3)), replace=True)
+    with pytest.raises(ConfigError, match=r"preset of data set 'tiny' sets unknown option\(s\) "
+                                          r"\['epoch'\]"):
+        make_config({"data": "tiny"})
 
 
 def test_load_dataset_checks_options_against_the_loader_signature():

@@ -584,12 +584,15 @@ def make_config(cli=None, file_values=None, validate_now=True):
     except ValueError:
         raise ConfigError(f"--data must be one of {list(registry.names())}, got {data!r}") \
             from None
+    typos = sorted(set(preset) - set(_FIELDS))
+    if typos:   # a registration's mistake: said, not dropped
+        raise ConfigError(f"the preset of data set {data!r} sets unknown option(s) {typos}")
     if any(k in given for k in ("many_thr", "few_thr")) and not any(
             k in given for k in ("many_bins", "medium_bins", "few_bins")):
         for k in ("many_bins", "medium_bins", "few_bins"):   # thresholds given: they decide
             preset.pop(k, None)
     values = {**registry.BASE_PRESET, **preset, **given}
-    cfg = TrainConfig(**{k: v for k, v in values.items() if k in _FIELDS})
+    cfg = TrainConfig(**values)
     if validate_now:
         validate(cfg)
     return cfg
