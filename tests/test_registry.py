@@ -298,7 +298,9 @@ def test_config_json_and_its_syntax_errors(tmp_path):
     write_config(cfg, path)
     again = make_config({}, load_config_file(path))
     assert again.to_dict() == cfg.to_dict() and again.many_bins == cfg.many_bins
-    assert sectioned(cfg)["ssir"]["epsilon"] == "auto"
+    assert sectioned(cfg)["ssir"]["epsilon"] == "auto" and sectioned(cfg)["ssir"]["ssir"] is False
+    assert sectioned(cfg)["data"]["name"] == "nyud2" and sectioned(cfg)["model"]["name"] == \
+        "depthnet"
     bad = tmp_path / "bad.json"
     bad.write_text('{"optim": {"lr": 0.1,}}')
     with pytest.raises(ConfigError, match="line 1, column .*JSON syntax error"):

@@ -203,6 +203,7 @@ _FIELDS = {f.name: f for f in fields(TrainConfig)}
 SECTIONS = {s: tuple(f.name for f in fields(TrainConfig) if f.metadata["group"] == s)
             for s in ("data", "model", "method", "ssir", "optim", "output")}
 _SECTION_OF = {name: s for s, names in SECTIONS.items() for name in names}
+_NAMED = ("data", "model")   # sections whose main option is written `name` (data: {name: agedb})
 if len(_SECTION_OF) != len(_FIELDS):
     raise RuntimeError(f"TrainConfig fields outside the sections {list(SECTIONS)}: "
                        f"{sorted(set(_FIELDS) - set(_SECTION_OF))}")
@@ -217,7 +218,7 @@ def _section_key(section, key, where):
     set / model, or the field without the section prefix (``root`` -> data_root, ``rho`` ->
     ssir_rho)."""
     names = SECTIONS[section]
-    if key == "name" and section in names:
+    if key == "name" and section in _NAMED:
         return section
     if key in names:
         return key
@@ -261,7 +262,7 @@ def sectioned(cfg):
     """The configuration as {section: {option: value}} (the data set and model as ``name``),
     the form `write_config` saves and `load_config_file` reads back."""
     values = dataclasses.asdict(cfg)
-    return {sec: {("name" if n == sec else n): values[n] for n in names}
+    return {sec: {("name" if n == sec and sec in _NAMED else n): values[n] for n in names}
             for sec, names in SECTIONS.items()}
 
 
@@ -401,7 +402,7 @@ def _show(v):
     if isinstance(v, bool):
         return "on" if v else "off"
     if isinstance(v, (list, tuple)):
-        return f"{len(v)} bins" if len(v) > 4 else ",".join(_show(x) for x in v)
+        return f"{len(v)} values" if len(v) > 4 else ",".join(_show(x) for x in v)
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
