@@ -106,8 +106,12 @@ def _extension():
     kwargs = dict(name="ssir_fast._C", include_dirs=[os.path.join(HERE, "csrc")],
                   extra_link_args=["-fopenmp"], py_limited_api=True)
     if with_cuda:
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = opt + ["--use_fast_math", "-lineinfo"]
+        # Kernels (.cu, nvcc) and their host entry points (.cpp, the C++ compiler).
+        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+        # No --use_fast_math: it swaps logf and division for approximations, and bin_reduce's
+        # CUDA sums must agree with the CPU kernel's (issue 10 defect 2); the kernels are
+        # memory-bound, so the precise versions cost no time that matters.
+        nvcc = opt + ["-lineinfo"]
         # cuBLAS/cuSPARSE headers of the pip CUDA wheels, for headers that want them.
         site_inc = os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "include")
         if os.path.isdir(site_inc):

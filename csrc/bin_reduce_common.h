@@ -2,9 +2,13 @@
 // argument checks, and the per-element formulas shared by the CPU and CUDA kernels.
 //
 // For each pair (p = pred, y = target) selected by the mask:
-//   b      = clamp(floor((double(y) - y_min) / bin_width), 0, num_bins - 1)   (as LabelBins.index)
+//   b      = clamp(floor((double(y) - y_min) / bin_width), 0, num_bins - 1)   (as LabelBins.index;
+//            BinIndexer below, the same code on CPU and GPU)
 //   e      = p - y,  a = |e|
-//   log_a  = log(max(a, floor))                       (GM; a < floor is counted in N_FLOORED)
+//   log_a  = log(double(max(a, floor)))               (GM; a < floor is counted in N_FLOORED; the
+//            log is taken in float64 on both devices: the column sums terms of both signs, so a
+//            1-ulp float log error per pair does not cancel and the CPU and GPU sums would
+//            drift apart by ~n * 2e-6 for floored pairs, log(1e-8) = -18.4)
 //   pc, yc = max(p, floor), max(y, floor)             (ratio metrics assume positive depths)
 //   q      = pc / yc,  r = max(q, 1/q)                (delta_k: r < 1.25^k, evaluated as
 //                                                      pc < 1.25^k yc and yc < 1.25^k pc)
@@ -13,6 +17,7 @@
 // in the target's bin (bin 0 when the target itself is not finite).
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/macros/Macros.h>
 
 #include <cmath>
 #include <cstdint>
@@ -51,6 +56,35 @@ struct Params {
   double floor;
 };
 
+// Bin of a finite target, exactly floor((y - y_min) / bin_width) clamped to [0, num_bins) (as
+// LabelBins.index); sets `oor` when it was clamped into an edge bin. Shared by the CPU and CUDA
+// kernels so that both put every pair in the same bin. The float64 division is the costliest
+// instruction of the loop (a long sequence on a GPU), so the quotient is formed with the
+// reciprocal: exact when bin_width is a power of two (1 for ages), otherwise within 2 ulp, which
+// can change the floor only next to an integer; there the division is done after all.
+struct BinIndexer {
+  double y_min, bin_width, inv_width;
+  int64_t num_bins;
+  bool exact_inv;
+
+  static BinIndexer make(const Params& P) {
+    int exponent = 0;
+    return {P.y_min, P.bin_width, 1.0 / P.bin_width, P.num_bins,
+            std::frexp(P.bin_width, &exponent) == 0.5};
+  }
+
+  C10_HOST_DEVICE int64_t operator()(double y, bool& oor) const {
+    const double d = y - y_min;
+    const double q = d * inv_width;
+    double t = ::floor(q);
+    const double tol = 1e-9 * (1.0 + ::fabs(q));
+    if (!exact_inv && (q - t < tol || t + 1.0 - q < tol)) t = ::floor(d / bin_width);
+    const double nb = static_cast<double>(num_bins);
+    oor = !(t >= 0 && t < nb);
+    return t < 0 ? 0 : (t >= nb ? num_bins - 1 : static_cast<int64_t>(t));
+  }
+};
+
 // Checks shared by all backends; returns the mask (undefined when absent) ready for a kernel.
 inline void check_args(const at::Tensor& pred, const at::Tensor& target, double y_min,
                        double bin_width, int64_t num_bins, const std::optional<at::Tensor>& mask,
@@ -85,7 +119,7 @@ inline void check_nonfinite(const at::Tensor& table, bool allow_nonfinite) {
   if (allow_nonfinite) return;
   // One scalar read: a device sync on CUDA (documented in the Python wrapper).
   const double bad = table.select(1, N_NONFINITE).sum().item<double>();
-  TORCH_CHECK(bad == 0, "bin_reduce: pred or target contains NaN or inf (", static_cast<int64_t>(bad),
+  TORCH_CHECK_VALUE(bad == 0, "bin_reduce: pred or target contains NaN or inf (", static_cast<int64_t>(bad),
               " pairs); pass allow_nonfinite=True to count and exclude them");
 }
 

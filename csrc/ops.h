@@ -1,11 +1,12 @@
-// C++ entry points of the ssir_fast kernels, for C++ users and the ctest test.
-// Python users call them through torch.ops.ssir_fast.* (see ssir_fast/ops.py).
+// C++ entry points of the ssir_fast CPU kernels, for C++ users and the ctest test (the CUDA entry
+// points are registered by csrc/cuda/cuda_ops.cpp). Python users call the ops through
+// torch.ops.ssir_fast.* (wrappers in ssir_fast/ops/<op>.py).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
 #ifdef SSIR_FAST_WITH_CUDA
-int ssir_fast_cuda_runtime_version_compiled();
+int ssir_fast_cuda_runtime_version_compiled();  // csrc/cuda/cuda_version.cu
 #endif
 
 namespace ssir_fast {

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Compile-check CUDA sources (object files only) against a CUDA build of torch, without a GPU.
-# Usage: PYTHON=/path/to/cuda-torch/python tools/nvcc_check.sh csrc/cuda/perturb_cuda.cu [...]
+# Compile-check the CUDA sources (object files only) against a CUDA build of torch, without a GPU:
+# .cu files with nvcc, .cpp host files under csrc/cuda with the C++ compiler, with the flags
+# setup.py uses (no --use_fast_math; torch's COMMON_NVCC_FLAGS).
+# Usage: PYTHON=/path/to/cuda-torch/python tools/nvcc_check.sh [files...]   (default: csrc/cuda/*)
 set -euo pipefail
 PY=${PYTHON:-python}
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 ARCH=${TORCH_CUDA_ARCH_LIST:-9.0}
+CXX=${CXX:-c++}
 inc=$("$PY" - <<'PYEOF'
 import os, torch
 from torch.utils.cpp_extension import include_paths
@@ -19,11 +22,22 @@ PYEOF
 abi=$("$PY" -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))")
 sm=${ARCH//./}; sm=${sm%%+*}
 out=$(mktemp -d)
-for f in "$@"; do
-  echo "nvcc: $f (sm_$sm)"
-  "$CUDA_HOME/bin/nvcc" -c "$f" -o "$out/$(basename "$f").o" -std=c++20 -O3 --use_fast_math \
-    -gencode "arch=compute_$sm,code=sm_$sm" -Icsrc $inc -DSSIR_FAST_WITH_CUDA \
-    -D_GLIBCXX_USE_CXX11_ABI=$abi --expt-relaxed-constexpr -Xcompiler -fPIC
+trap 'rm -rf "$out"' EXIT
+files=("$@")
+[ ${#files[@]} -gt 0 ] || files=(csrc/cuda/*.cu csrc/cuda/*.cpp)
+common=(-std=c++20 -O3 -Icsrc $inc -I"$CUDA_HOME/include" -DSSIR_FAST_WITH_CUDA -D_GLIBCXX_USE_CXX11_ABI=$abi)
+for f in "${files[@]}"; do
+  case "$f" in
+    *.cu)
+      echo "nvcc: $f (sm_$sm)"
+      "$CUDA_HOME/bin/nvcc" -c "$f" -o "$out/$(basename "$f").o" "${common[@]}" \
+        -gencode "arch=compute_$sm,code=sm_$sm" --expt-relaxed-constexpr -Xcompiler -fPIC \
+        -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
+        -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ ;;
+    *.cpp)
+      echo "$CXX: $f"
+      "$CXX" -c "$f" -o "$out/$(basename "$f").o" "${common[@]}" -fPIC ;;
+    *) echo "not a CUDA source: $f"; exit 1 ;;
+  esac
 done
-rm -rf "$out"
-echo "nvcc: all sources compiled"
+echo "nvcc_check: all sources compiled"

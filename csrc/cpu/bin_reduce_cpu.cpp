@@ -4,7 +4,8 @@
 // The flat input is split by at::parallel_for into contiguous ranges; each thread accumulates into
 // its own partial table (no sharing, no atomics) and the partials are summed at the end, so the
 // result is deterministic for a fixed thread count. Per-element math is fp32 for fp32/fp16/bf16
-// (fp64 for fp64) and every sum is accumulated in float64. Consecutive pairs that fall in the same
+// (fp64 for fp64), the log of SUM_LOG_ABS and the bin index in fp64 (bin_reduce_common.h), and
+// every sum is accumulated in float64. Consecutive pairs that fall in the same
 // bin (depth maps: neighbouring pixels) are summed in registers and written to the table once per
 // run, which keeps the store->load chain on one table row out of the inner loop.
 #include <ATen/ATen.h>
@@ -53,23 +54,6 @@ inline bool finite(acc_t v) {
   return std::isfinite(v);
 }
 
-// Bin of a finite target, exactly floor((y - y_min) / bin_width) clamped (LabelBins.index); sets
-// `oor` when it was clamped into an edge bin. The fp64 division is the costliest instruction of the
-// loop, so the quotient is formed with the reciprocal: exact when bin_width is a power of two (1 for
-// ages), otherwise within 2 ulp, which can change the floor only next to an integer; there the
-// division is done after all.
-inline int64_t bin_of(double y, const Params& P, double inv_width, bool exact_inv, bool& oor) {
-  const double d = y - P.y_min;
-  const double q = d * inv_width;
-  double t = std::floor(q);
-  const double tol = 1e-9 * (1.0 + std::abs(q));
-  if (!exact_inv && (q - t < tol || t + 1.0 - q < tol)) t = std::floor(d / P.bin_width);
-  oor = !(t >= 0 && t < static_cast<double>(P.num_bins));
-  if (t < 0) return 0;
-  if (t >= static_cast<double>(P.num_bins)) return P.num_bins - 1;
-  return static_cast<int64_t>(t);
-}
-
 template <typename scalar_t>
 void reduce_range(const scalar_t* pred, const scalar_t* target, const bool* mask, int64_t begin,
                   int64_t end, const Params& P, double* table) {
@@ -77,9 +61,8 @@ void reduce_range(const scalar_t* pred, const scalar_t* target, const bool* mask
   const acc_t fl = static_cast<acc_t>(P.floor);
   const acc_t inv_ln10 = static_cast<acc_t>(1.0 / std::log(10.0));
   const acc_t t1 = acc_t(1.25), t2 = acc_t(1.5625), t3 = acc_t(1.953125);  // 1.25^k, exact
-  const double inv_width = 1.0 / P.bin_width;
-  int exponent = 0;
-  const bool exact_inv = std::frexp(P.bin_width, &exponent) == 0.5;  // a power of two
+  const BinIndexer bin_of = BinIndexer::make(P);
+  const double log_fl = std::log(static_cast<double>(fl));
   Run run;
   int64_t cur = -1;
   for (int64_t i = begin; i < end; ++i) {
@@ -88,11 +71,11 @@ void reduce_range(const scalar_t* pred, const scalar_t* target, const bool* mask
     const acc_t y = static_cast<acc_t>(target[i]);
     bool oor = false;
     if (!finite(p) || !finite(y)) {
-      const int64_t b = finite(y) ? bin_of(static_cast<double>(y), P, inv_width, exact_inv, oor) : 0;
+      const int64_t b = finite(y) ? bin_of(static_cast<double>(y), oor) : 0;
       table[b * kCols + N_NONFINITE] += 1;
       continue;
     }
-    const int64_t b = bin_of(static_cast<double>(y), P, inv_width, exact_inv, oor);
+    const int64_t b = bin_of(static_cast<double>(y), oor);
     if (b != cur) {
       if (cur >= 0) run.flush(table + cur * kCols);
       cur = b;
@@ -107,7 +90,7 @@ void reduce_range(const scalar_t* pred, const scalar_t* target, const bool* mask
     run.n += 1;
     run.s_abs += static_cast<double>(a);
     run.s_sq += static_cast<double>(e) * static_cast<double>(e);
-    run.s_log += static_cast<double>(std::log(floored ? fl : a));
+    run.s_log += floored ? log_fl : std::log(static_cast<double>(a));  // float64: see common.h
     run.n_floor += floored;
     run.d1 += (pc < t1 * yc) & (yc < t1 * pc);
     run.d2 += (pc < t2 * yc) & (yc < t2 * pc);

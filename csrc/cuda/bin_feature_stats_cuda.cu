@@ -17,12 +17,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include "cuda_utils.cuh"
-#include "fds_common.h"
-#include "ops.h"
+#include "launchers.h"
 
 namespace ssir_fast {
 namespace {
@@ -93,23 +90,19 @@ __global__ void merge_segments_kernel(const double* __restrict__ pmean,
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_feature_stats_cuda(const at::Tensor& features,
-                                                                      const at::Tensor& bin_index,
-                                                                      int64_t num_bins,
-                                                                      bool unbiased) {
-  check_stats_args(features, bin_index, num_bins);
-  const c10::cuda::CUDAGuard guard(features.device());
-  const int64_t N = features.size(0), C = features.size(1), B = num_bins;
-  const auto acc = stats_dtype(features);
-  at::Tensor f = features.contiguous();
-  at::Tensor idx = bin_index.contiguous();
-  at::Tensor mean = at::zeros({B, C}, f.options().dtype(acc));
-  at::Tensor var = at::zeros({B, C}, f.options().dtype(acc));
+namespace cuda {
+
+void bin_feature_stats_launch(const at::Tensor& f, const at::Tensor& idx, int64_t num_bins,
+                              bool unbiased, at::Tensor& count_out, at::Tensor& mean,
+                              at::Tensor& var) {
+  const int64_t N = f.size(0), C = f.size(1), B = num_bins;
+  const auto acc = mean.scalar_type();
   // Ignored samples get key B: they sort last and fall outside every bin's run.
   at::Tensor key = at::where((idx >= 0) & (idx < B), idx, at::full({}, B, idx.options()));
   at::Tensor count = at::zeros({B + 1}, idx.options()).index_add_(0, key, at::ones_like(key))
                          .narrow(0, 0, B).contiguous();
-  if (N == 0 || C == 0) return {count, mean, var};
+  count_out.copy_(count);
+  if (N == 0 || C == 0) return;
   at::Tensor order = std::get<1>(at::sort(key, /*stable=*/true, /*dim=*/0, /*descending=*/false))
                          .contiguous();
   at::Tensor bin_start = (at::cumsum(count, 0) - count).contiguous();
@@ -146,11 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_feature_stats_cuda(const at::
         var.mutable_data_ptr<float>());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {count, mean, var};
 }
 
+}  // namespace cuda
 }  // namespace ssir_fast
-
-TORCH_LIBRARY_IMPL(ssir_fast, CUDA, m) {
-  m.impl("bin_feature_stats", &ssir_fast::bin_feature_stats_cuda);
-}

@@ -1,10 +1,12 @@
 // CUDA kernel of ssir_fast::bin_reduce: one pass over (pred, target[, mask]) filling the
 // [num_bins, 12] float64 table of per-bin sums and counts (columns in bin_reduce_common.h).
 //
-// Accumulation and (non-)determinism: per-pair math is fp32 (fp64 for fp64 inputs). A thread sums
-// a run of at most kPer = 8 pairs of one bin in registers (fp32 sums, uint32 counts), then adds
-// it to the block's partial table in shared memory: float64 sums (shared-memory double atomicAdd)
-// and uint32 counts. At the end every block adds its non-empty bins to the global table with one
+// Accumulation and (non-)determinism: per-pair math is fp32 (fp64 for fp64 inputs), except the
+// bin index and the log of SUM_LOG_ABS, which are fp64 and the same code as on the CPU
+// (bin_reduce_common.h), so CPU and GPU tables agree to float64 rounding in the summation order.
+// A thread sums a run of at most kPer = 8 pairs of one bin in registers (float64 sums, uint32
+// counts), then adds it to the block's partial table in shared memory: float64 sums
+// (shared-memory double atomicAdd) and uint32 counts. At the end every block adds its non-empty bins to the global table with one
 // float64 atomicAdd per bin and column. The order of those atomics changes from run to run, so the
 // last bits of the sums may differ between runs (counts are exact); the CPU kernel is
 // deterministic. When the shared table does not fit (num_bins > ~3000 on an H100) the runs go
@@ -13,14 +15,11 @@
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
-#include "bin_reduce_common.h"
 #include "cuda_utils.cuh"
-#include "ops.h"
+#include "launchers.h"
 
 namespace ssir_fast {
 namespace {
@@ -33,18 +32,18 @@ constexpr int kThreads = 256;
 constexpr int kPer = 8;  // contiguous pairs per thread and tile: 32 B of fp32, 16 B of fp16/bf16
 
 struct DevParams {
-  double y_min, bin_width, floor;
+  BinIndexer bin_of;
+  double floor, log_floor;  // log_floor = log(double(acc_t(floor))), as the CPU kernel
   int num_bins;
 };
 
 // Register accumulator of one run of pairs in the same bin.
-template <typename acc_t>
 struct Run {
-  acc_t s[kNumSums];       // in kSumCols order: |e|, e^2, log|e|, absrel, log10
+  double s[kNumSums];      // in kSumCols order: |e|, e^2, log|e|, absrel, log10
   unsigned c[kNumCounts];  // in kCountCols order: n, floored, d1, d2, d3, out of range, (unused)
   __device__ __forceinline__ void clear() {
 #pragma unroll
-    for (int j = 0; j < kNumSums; ++j) s[j] = acc_t(0);
+    for (int j = 0; j < kNumSums; ++j) s[j] = 0.0;
 #pragma unroll
     for (int j = 0; j < kNumCounts; ++j) c[j] = 0u;
   }
@@ -65,7 +64,8 @@ __device__ __forceinline__ bool finite(float v) {
 __device__ __forceinline__ bool finite(double v) {
   return (__double_as_longlong(v) & 0x7ff0000000000000ll) != 0x7ff0000000000000ll;
 }
-__device__ __forceinline__ float log_(float v) { return __logf(v); }
+// Without --use_fast_math (setup.py) logf is the accurate libdevice function (<= 1 ulp).
+__device__ __forceinline__ float log_(float v) { return ::logf(v); }
 __device__ __forceinline__ double log_(double v) { return ::log(v); }
 
 // Where a block's partial table lives: shared memory (float64 sums + uint32 counts) or, when it
@@ -75,11 +75,10 @@ struct Sink {
   double* sums;       // kShared: [B, kNumSums] shared; else the global [B, kCols] table
   unsigned* counts;   // kShared: [B, kNumCounts] shared; unused otherwise
 
-  template <typename acc_t>
-  __device__ __forceinline__ void add(int b, const Run<acc_t>& r) const {
+  __device__ __forceinline__ void add(int b, const Run& r) const {
 #pragma unroll
     for (int j = 0; j < kNumSums; ++j) {
-      const double v = static_cast<double>(r.s[j]);
+      const double v = r.s[j];
       if (kShared) atomicAdd(sums + b * kNumSums + j, v);
       else atomicAdd(sums + b * kCols + sum_col(j), v);
     }
@@ -97,9 +96,7 @@ struct Sink {
 };
 
 __device__ __forceinline__ int bin_of(double y, const DevParams& P, bool& oor) {
-  const double t = ::floor((y - P.y_min) / P.bin_width);  // fp64 division: same bins as the CPU
-  oor = !(t >= 0.0 && t < static_cast<double>(P.num_bins));
-  return t < 0.0 ? 0 : (t >= static_cast<double>(P.num_bins) ? P.num_bins - 1 : static_cast<int>(t));
+  return static_cast<int>(P.bin_of(y, oor));  // the CPU kernel's code: the same bins
 }
 
 // Thread mapping: a grid-stride loop over tiles of kThreads * kPer pairs; in a tile, thread t
@@ -170,7 +167,7 @@ bin_reduce_kernel(const T* __restrict__ pred, const T* __restrict__ target,
       }
     }
 
-    Run<acc_t> run;
+    Run run;
     run.clear();
     int cur = -1;
 #pragma unroll
@@ -197,11 +194,11 @@ bin_reduce_kernel(const T* __restrict__ pred, const T* __restrict__ target,
       // both count ratios that sit exactly on 1.25^k (common in fp16/bf16) the same way.
       const acc_t iy = acc_t(1) / yc;
       const acc_t q = pc * iy;
-      run.s[0] += a;
-      run.s[1] += e * e;
-      run.s[2] += log_(floored ? fl : a);
-      run.s[3] += a * iy;
-      run.s[4] += fabs(log_(q)) * inv_ln10;
+      run.s[0] += static_cast<double>(a);
+      run.s[1] += static_cast<double>(e) * static_cast<double>(e);
+      run.s[2] += floored ? P.log_floor : ::log(static_cast<double>(a));  // fp64: see common.h
+      run.s[3] += static_cast<double>(a * iy);
+      run.s[4] += static_cast<double>(fabs(log_(q)) * inv_ln10);
       run.c[0] += 1u;
       run.c[1] += floored;
       run.c[2] += (pc < acc_t(1.25) * yc) & (yc < acc_t(1.25) * pc);
@@ -217,11 +214,7 @@ bin_reduce_kernel(const T* __restrict__ pred, const T* __restrict__ target,
     const int leader_bin = __shfl_sync(0xffffffffu, cur, __ffs(has) - 1);
     const int key = cur >= 0 ? cur : leader_bin;
     if (__match_any_sync(0xffffffffu, key) == 0xffffffffu) {
-      Run<double> w;
-#pragma unroll
-      for (int j = 0; j < kNumSums; ++j) w.s[j] = static_cast<double>(run.s[j]);
-#pragma unroll
-      for (int j = 0; j < kNumCounts; ++j) w.c[j] = run.c[j];
+      Run w = run;
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) {
 #pragma unroll
@@ -256,12 +249,14 @@ bin_reduce_kernel(const T* __restrict__ pred, const T* __restrict__ target,
 template <typename T>
 void launch(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& mask,
             const Params& P, at::Tensor& out) {
+  using acc_t = typename cuda::AccType<T>::type;
   const int64_t n = pred.numel();
-  if (n == 0) return;
   // Table offsets b * kCols are int in the kernel.
   TORCH_CHECK(P.num_bins < (int64_t(1) << 27), "bin_reduce (CUDA): num_bins must be < 2^27, got ",
               P.num_bins);
-  const DevParams dp{P.y_min, P.bin_width, P.floor, static_cast<int>(P.num_bins)};
+  const DevParams dp{BinIndexer::make(P), P.floor,
+                     ::log(static_cast<double>(static_cast<acc_t>(P.floor))),
+                     static_cast<int>(P.num_bins)};
   const T* pp = pred.const_data_ptr<T>();
   const T* tp = target.const_data_ptr<T>();
   const bool* mp = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
@@ -274,12 +269,15 @@ void launch(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& 
 
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   const int64_t tiles = (n + int64_t(kThreads) * kPer - 1) / (int64_t(kThreads) * kPer);
-  const int blocks = static_cast<int>(std::min<int64_t>(tiles, int64_t(prop->multiProcessorCount) * 4));
   const size_t smem = static_cast<size_t>(P.num_bins) * (kNumSums * sizeof(double) +
                                                          kNumCounts * sizeof(unsigned));
   const bool shared = smem <= prop->sharedMemPerBlockOptin;
   auto stream = at::cuda::getCurrentCUDAStream();
 
+  // As many blocks as fit on the GPU at once (occupancy for this table size), so that every SM
+  // keeps enough loads in flight; each block then strides over the tiles, and its shared table
+  // is flushed once at the end. uint32 shared counts cannot overflow: a block sees at most
+  // tiles / blocks * kThreads * kPer pairs, checked below.
 #define SSIR_BR_LAUNCH(MASK, SHARED)                                                            \
   do {                                                                                         \
     auto kernel = bin_reduce_kernel<T, MASK, SHARED>;                                          \
@@ -288,7 +286,14 @@ void launch(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& 
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, \
                                           static_cast<int>(bytes)));                          \
     }                                                                                          \
-    kernel<<<blocks, kThreads, bytes, stream>>>(pp, tp, mp, n, dp, op, vec);                   \
+    int per_sm = 0;                                                                            \
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,    \
+                                                                 bytes));                      \
+    const int64_t resident = int64_t(prop->multiProcessorCount) * std::max(per_sm, 1);        \
+    const int64_t blocks = std::max<int64_t>(1, std::min(tiles, resident));                   \
+    TORCH_CHECK((tiles + blocks - 1) / blocks * kThreads * kPer < (int64_t(1) << 32),          \
+                "bin_reduce (CUDA): input too large for uint32 block counts, got ", n, " pairs"); \
+    kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, stream>>>(pp, tp, mp, n, dp, op, vec); \
   } while (0)
   if (mp != nullptr) {
     if (shared) SSIR_BR_LAUNCH(true, true); else SSIR_BR_LAUNCH(true, false);
@@ -301,24 +306,14 @@ void launch(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& 
 
 }  // namespace
 
-at::Tensor bin_reduce_cuda(const at::Tensor& pred, const at::Tensor& target, double y_min,
-                           double bin_width, int64_t num_bins, const std::optional<at::Tensor>& mask,
-                           double floor, bool allow_nonfinite) {
-  check_args(pred, target, y_min, bin_width, num_bins, mask, floor);
-  const c10::cuda::CUDAGuard guard(pred.device());
-  const Params P{y_min, bin_width, num_bins, floor};
-  at::Tensor pc = pred.contiguous(), tc = target.contiguous();
-  at::Tensor mc = (mask.has_value() && mask->defined()) ? mask->contiguous() : at::Tensor();
-  at::Tensor out = at::zeros({num_bins, kCols}, pred.options().dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pc.scalar_type(), "bin_reduce_cuda", [&] {
-    launch<scalar_t>(pc, tc, mc, P, out);
+namespace cuda {
+
+void bin_reduce_launch(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& mask,
+                       const Params& params, at::Tensor& table) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "bin_reduce_cuda", [&] {
+    launch<scalar_t>(pred, target, mask, params, table);
   });
-  check_nonfinite(out, allow_nonfinite);
-  return out;
 }
 
+}  // namespace cuda
 }  // namespace ssir_fast
-
-TORCH_LIBRARY_IMPL(ssir_fast, CUDA, m) {
-  m.impl("bin_reduce", &ssir_fast::bin_reduce_cuda);
-}

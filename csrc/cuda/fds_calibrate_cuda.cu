@@ -11,12 +11,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include "cuda_utils.cuh"
-#include "fds_common.h"
-#include "ops.h"
+#include "launchers.h"
 
 namespace ssir_fast {
 namespace {
@@ -66,18 +63,11 @@ __global__ void calibrate_kernel(const T* __restrict__ z, const int64_t* __restr
 
 }  // namespace
 
-at::Tensor fds_calibrate_cuda(const at::Tensor& features, const at::Tensor& bin_index,
-                              const at::Tensor& mean, const at::Tensor& var,
-                              const at::Tensor& smoothed_mean, const at::Tensor& smoothed_var,
-                              double lo, double hi) {
-  check_calibrate_args(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo, hi);
-  const c10::cuda::CUDAGuard guard(features.device());
-  at::Tensor f = features.contiguous();
-  at::Tensor idx = bin_index.contiguous();
-  at::Tensor out = at::empty_like(f, at::MemoryFormat::Contiguous);
-  if (f.numel() == 0) return out;
-  auto [scale, shift] = calibration_coefficients(f, mean, var, smoothed_mean, smoothed_var, lo, hi);
-  const int64_t N = f.size(0), C = f.size(1), B = mean.size(0);
+namespace cuda {
+
+void fds_calibrate_launch(const at::Tensor& f, const at::Tensor& idx, const at::Tensor& scale,
+                          const at::Tensor& shift, at::Tensor& out) {
+  const int64_t N = f.size(0), C = f.size(1), B = scale.size(0);
   TORCH_CHECK(N < (int64_t(1) << 31) && (C + kChunk - 1) / kChunk < 65536,
               "fds_calibrate (CUDA): features too large for one launch, got ", f.sizes());
   const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>((C + kChunk - 1) / kChunk));
@@ -95,11 +85,7 @@ at::Tensor fds_calibrate_cuda(const at::Tensor& features, const at::Tensor& bin_
         shift.const_data_ptr<acc_t>(), B, C, vec, op);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
 }
 
+}  // namespace cuda
 }  // namespace ssir_fast
-
-TORCH_LIBRARY_IMPL(ssir_fast, CUDA, m) {
-  m.impl("fds_calibrate", &ssir_fast::fds_calibrate_cuda);
-}

@@ -1,27 +1,26 @@
-// CUDA kernels of ssir_fast::perturb:  out = clip(x + epsilon * g / ||g||_2, lo, hi), per row.
+// CUDA kernels of ssir_fast::perturb:  out = clip(x + eps_i * g / ||g||_2, lo, hi), per row i,
+// eps_i = epsilon or epsilon * eps_rows[i] (perturb_common.h).
 //
-// Two launches, deterministic (no atomics):
-//  1. row_sumsq: grid (chunks_per_row, N). Block (c, n) reduces the squares of chunk c of row n
-//     (kChunk elements; an image row of 150,528 floats is split over 19 blocks) with 16-byte loads
-//     on the aligned body and scalar head/tail, warp shuffles + one shared-memory stage, and writes
-//     one fp32 partial to partial[n, c].
-//  2. scale_add_clip: same grid. Each block first sums its row's partials (a few values), forms
-//     scale = epsilon / ||g|| (0 for a zero row), then makes one fused pass over its chunk:
+// Two launches, deterministic (no atomics), both on a 1-D grid of N * chunks_per_row blocks:
+// block b handles chunk b % cpr (kChunk elements) of row b / cpr; an image row of 150,528 floats
+// is split over 19 blocks.
+//  1. row_sumsq: each block reduces the squares of its chunk with 16-byte loads on the aligned
+//     body and scalar head/tail, warp shuffles + one shared-memory stage, and writes one partial
+//     to partial[row, chunk].
+//  2. scale_add_clip: each block first sums its row's partials (a few values), forms
+//     scale = eps_i / ||g|| (0 for a zero row), then makes one fused pass over its chunk:
 //     read x and g, write out, with the same vector/head/tail split.
 // Traffic: g twice, x once, out once (4 passes). All math in fp32 (fp64 for double inputs).
-// Clip flags are template parameters so the unclipped path carries no per-element branches.
+// Clip flags are template parameters so the unclipped path carries no per-element branches;
+// per-channel bounds are looked up once per 16-byte vector (one integer division), not per
+// element, unless the vector straddles two channels.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include "cuda_utils.cuh"
-#include "ops.h"
-#include "perturb_common.h"
-
-int ssir_fast_cuda_runtime_version_compiled() { return CUDART_VERSION; }
+#include "launchers.h"
 
 namespace ssir_fast {
 namespace {
@@ -102,27 +101,44 @@ __global__ void scale_add_clip_kernel(const T* __restrict__ x, const T* g, T* ou
   T* orow = out + row * L;
   const acc_t lo0 = kClip ? static_cast<acc_t>(lo[0]) : acc_t(0);
   const acc_t hi0 = kClip ? static_cast<acc_t>(hi[0]) : acc_t(0);
-  auto apply = [&](int64_t i, T xv, T gv) -> T {
-    acc_t v = static_cast<acc_t>(xv) + scale * static_cast<acc_t>(gv);
-    if (kClip) {
-      acc_t l = lo0, h = hi0;
-      if (kPerChannel) {
-        const int64_t ch = (i / inner) % nc;
-        l = static_cast<acc_t>(lo[ch]);
-        h = static_cast<acc_t>(hi[ch]);
-      }
-      v = fmin(fmax(v, l), h);
+  auto clip = [&](acc_t v, acc_t l, acc_t h) -> T {
+    return static_cast<T>(kClip ? fmin(fmax(v, l), h) : v);
+  };
+  auto channel = [&](int64_t i) { return (i / inner) % nc; };
+  auto scalar_one = [&](int64_t i) {
+    const acc_t v = static_cast<acc_t>(xr[i]) + scale * static_cast<acc_t>(gr[i]);
+    if (kPerChannel) {
+      const int64_t ch = channel(i);
+      orow[i] = clip(v, static_cast<acc_t>(lo[ch]), static_cast<acc_t>(hi[ch]));
+    } else {
+      orow[i] = clip(v, lo0, hi0);
     }
-    return static_cast<T>(v);
   };
   for_chunk<T>(
-      xr, begin, end, vec, [&](int64_t i) { orow[i] = apply(i, xr[i], gr[i]); },
+      xr, begin, end, vec, scalar_one,
       [&](int64_t i) {
         const Vec<T, kVec> xv = *reinterpret_cast<const Vec<T, kVec>*>(xr + i);
         const Vec<T, kVec> gv = *reinterpret_cast<const Vec<T, kVec>*>(gr + i);
+        acc_t l = lo0, h = hi0;
+        bool one_channel = true;
+        if (kPerChannel) {  // one division per vector; a vector rarely straddles two channels
+          const int64_t q = i / inner;
+          one_channel = (i + kVec - 1) / inner == q;
+          const int64_t ch = q % nc;
+          l = static_cast<acc_t>(lo[ch]);
+          h = static_cast<acc_t>(hi[ch]);
+        }
         Vec<T, kVec> ov;
 #pragma unroll
-        for (int k = 0; k < kVec; ++k) ov.v[k] = apply(i + k, xv.v[k], gv.v[k]);
+        for (int k = 0; k < kVec; ++k) {
+          const acc_t v = static_cast<acc_t>(xv.v[k]) + scale * static_cast<acc_t>(gv.v[k]);
+          if (kPerChannel && !one_channel) {
+            const int64_t ch = channel(i + k);
+            ov.v[k] = clip(v, static_cast<acc_t>(lo[ch]), static_cast<acc_t>(hi[ch]));
+          } else {
+            ov.v[k] = clip(v, l, h);
+          }
+        }
         *reinterpret_cast<Vec<T, kVec>*>(orow + i) = ov;
       });
 }
@@ -168,41 +184,16 @@ void launch(const at::Tensor& x, const at::Tensor& g, double epsilon, const at::
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void perturb_kernel_cuda(const at::Tensor& x, const at::Tensor& g, double epsilon,
-                         const at::Tensor& eps_rows, const ClipBounds& cb, at::Tensor& out) {
-  const c10::cuda::CUDAGuard guard(x.device());
+}  // namespace
+
+namespace cuda {
+
+void perturb_launch(const at::Tensor& x, const at::Tensor& g, double epsilon,
+                    const at::Tensor& eps_rows, const ClipBounds& cb, at::Tensor& out) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "perturb_cuda", [&] {
     launch<scalar_t>(x, g, epsilon, eps_rows, cb, out);
   });
 }
 
-}  // namespace
-
-at::Tensor perturb_cuda(const at::Tensor& x, const at::Tensor& g, double epsilon,
-                        const std::optional<at::Tensor>& clip_min,
-                        const std::optional<at::Tensor>& clip_max,
-                        const std::optional<at::Tensor>& epsilon_rows) {
-  return perturb_functional<perturb_kernel_cuda>(x, g, epsilon, clip_min, clip_max, epsilon_rows);
-}
-
-void perturb_inplace_cuda(at::Tensor& x, const at::Tensor& g, double epsilon,
-                          const std::optional<at::Tensor>& clip_min,
-                          const std::optional<at::Tensor>& clip_max,
-                          const std::optional<at::Tensor>& epsilon_rows) {
-  perturb_inplace_impl<perturb_kernel_cuda>(x, g, epsilon, clip_min, clip_max, epsilon_rows);
-}
-
-void perturb_out_cuda(const at::Tensor& x, const at::Tensor& g, double epsilon,
-                      const std::optional<at::Tensor>& clip_min,
-                      const std::optional<at::Tensor>& clip_max, at::Tensor& out,
-                      const std::optional<at::Tensor>& epsilon_rows) {
-  perturb_out_impl<perturb_kernel_cuda>(x, g, epsilon, clip_min, clip_max, epsilon_rows, out);
-}
-
+}  // namespace cuda
 }  // namespace ssir_fast
-
-TORCH_LIBRARY_IMPL(ssir_fast, CUDA, m) {
-  m.impl("perturb", &ssir_fast::perturb_cuda);
-  m.impl("perturb_", &ssir_fast::perturb_inplace_cuda);
-  m.impl("perturb_out", &ssir_fast::perturb_out_cuda);
-}

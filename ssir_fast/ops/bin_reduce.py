@@ -18,7 +18,10 @@ with p' = max(p, floor), y' = max(y, floor): the ratio metrics (delta, AbsRel, l
 for positive targets (depth). GM = exp(SUM_LOG_ABS / COUNT): an exact zero error would make the
 geometric mean 0, so errors below `floor` (default 1e-8) count as `floor`; N_FLOORED says how often.
 
-Precision: per-pair math in fp32 for fp32/fp16/bf16 inputs (fp64 for fp64), every sum in fp64.
+Precision: per-pair math in fp32 for fp32/fp16/bf16 inputs (fp64 for fp64), except the bin index
+and the log of SUM_LOG_ABS, which are fp64 on every device (that column sums terms of both signs,
+so float log errors would not cancel: with floored pairs, log(1e-8) = -18.4, one fp32 ulp is 2e-6
+per pair); every sum in fp64.
 The CPU result is deterministic for a fixed thread count; the CUDA kernel merges block partials
 with float64 atomics, so the order of additions (and the last bits of the sums) may vary from run
 to run. NaN/inf raise by default; on CUDA that check reads one number back (a device sync): pass
@@ -135,7 +138,7 @@ def bin_reduce_torch(pred, target, y_min, bin_width, num_bins, mask=None, floor=
     out[:, COUNT] = col()
     out[:, SUM_ABS] = col(a)
     out[:, SUM_SQ] = col(e.double() ** 2)
-    out[:, SUM_LOG_ABS] = col(torch.log(torch.maximum(a, fl)))
+    out[:, SUM_LOG_ABS] = col(torch.log(torch.maximum(a, fl).double()))
     out[:, N_FLOORED] = col(a < fl)
     for k, c in ((1, N_DELTA1), (2, N_DELTA2), (3, N_DELTA3)):
         out[:, c] = col(r < 1.25 ** k)
