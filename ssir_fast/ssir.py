@@ -47,6 +47,7 @@ import torch
 
 from .losses import DISTANCES, distance_per_sample, weighted_l1
 from .ops import perturb
+from .ops.perturb import _bound as _clip_bound
 from .ops._common import require_finite_nonneg, require_positive
 
 __all__ = ["SSIRLoss", "SSIRResult", "scratch_buffers", "draw_subset"]
@@ -195,17 +196,8 @@ class SSIRLoss(torch.nn.Module):
         self.validate = validate
         self._bounds_on = {}
 
-    @staticmethod
-    def _bound(value, name):
-        if value is None:
-            return None
-        t = torch.as_tensor(value, dtype=torch.float32).detach().cpu()
-        if t.dim() > 1:
-            raise ValueError(f"{name} must be a float or a per-channel [C] tensor, got shape "
-                             f"{tuple(t.shape)}")
-        if torch.isnan(t).any():
-            raise ValueError(f"{name} contains NaN")
-        return t
+    # The one conversion of clip bounds, shared with ops.perturb (issue 10): CPU float32 [] or [C].
+    _bound = staticmethod(_clip_bound)
 
     def _bounds(self, device):
         # Bounds live on the input's device; converted once per device, not per call.

@@ -18,24 +18,32 @@ from ._common import (require_finite_nonneg, require_float_dtype, require_same, 
 __all__ = ["perturb", "perturb_torch"]
 
 
-def _bound(value, name, x):
-    """A clip bound as None or a float32 tensor of shape [] or [C] on x's device."""
+def _bound(value, name, x=None):
+    """A clip bound as None or a float32 tensor of shape [] or [C]: the one conversion of clip
+    bounds (SSIRLoss uses it too). `value` is None, a float, a sequence of per-channel floats or
+    a tensor. With `x` the bound is checked against x's channels (dim 1) and moved to x's device;
+    without it (SSIRLoss at construction) it is a CPU tensor. NaN is refused where it can be
+    seen without a device sync (floats, sequences, CPU tensors)."""
     if value is None:
         return None
-    if isinstance(value, numbers.Real):
-        v = float(value)
-        if v != v:
-            raise ValueError(f"{name} is NaN")
-        return torch.tensor(v, dtype=torch.float32, device=x.device)
-    require_tensor(value, name)
-    if value.dim() > 1 or (value.numel() != 1 and (x.dim() < 2 or value.numel() != x.shape[1])):
-        channels = x.shape[1] if x.dim() >= 2 else 0
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+    elif isinstance(value, (numbers.Real, list, tuple)):
+        t = torch.as_tensor(value, dtype=torch.float32)
+    else:
+        raise TypeError(f"{name} must be None, a float, a sequence of floats or a tensor, got "
+                        f"{type(value).__name__}")
+    channels = x.shape[1] if x is not None and x.dim() >= 2 else 0
+    if t.dim() > 1 or (x is not None and t.numel() != 1 and t.numel() != channels):
         raise ValueError(f"{name} must be a float, a 1-element tensor or a per-channel tensor of "
-                         f"shape [C] = [{channels}] for x of shape {tuple(x.shape)}, got shape "
-                         f"{tuple(value.shape)}")
-    if value.device != x.device:
-        value = value.to(x.device)
-    return value.to(torch.float32).reshape(-1) if value.dim() else value.to(torch.float32)
+                         f"shape [C]" + (f" = [{channels}] for x of shape {tuple(x.shape)}"
+                                          if x is not None else "") +
+                         f", got shape {tuple(t.shape)}")
+    t = t.to(torch.float32)
+    if t.device.type == "cpu" and bool(torch.isnan(t).any()):
+        raise ValueError(f"{name} is NaN" if t.dim() == 0 else f"{name} contains NaN")
+    t = t.to(x.device) if x is not None else t.cpu()
+    return t.reshape(-1) if t.dim() else t
 
 
 def _check_order(lo, hi):
