@@ -216,15 +216,17 @@ import sys, warnings
 warnings.simplefilter("always")
 import ssir_fast.data as D
 ds = D.load_dataset("agedb", root=sys.argv[1], image_size=16)
-ld = D.make_loader(ds, "train", 4, backend="torch", num_workers=2, seed=3)
+ld = D.make_loader(ds, "train", 4, backend=sys.argv[2], num_workers=2, seed=3)
 for epoch in range(2):
     ys = [float(v) for b in ld for v in b[1].view(-1)]
     print("epoch", epoch, len(ys), sorted(ys) == sorted(ds.train_labels.tolist()), flush=True)
 """
 
 
-@pytest.mark.parametrize("guarded", [False, True])
-def test_plain_script_iterates_a_loader_with_workers(agedb, tmp_path, guarded):
+@pytest.mark.parametrize("backend,guarded", [("torch", False), ("torch", True), ("dali", False)])
+def test_plain_script_iterates_a_loader_with_workers(agedb, tmp_path, backend, guarded):
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
     import subprocess
     import sys
     root, rows = agedb
@@ -232,13 +234,15 @@ def test_plain_script_iterates_a_loader_with_workers(agedb, tmp_path, guarded):
         "    " + line for line in SCRIPT.strip().splitlines())
     script = tmp_path / "plain.py"
     script.write_text(body)
-    r = subprocess.run([sys.executable, str(script), root], capture_output=True, text=True,
-                       timeout=240, cwd=str(tmp_path))
+    r = subprocess.run([sys.executable, str(script), root, backend], capture_output=True,
+                       text=True, timeout=240, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     n = len(rows_of(rows, "train"))
     assert r.stdout.split("\n")[:2] == [f"epoch 0 {n} True", f"epoch 1 {n} True"]
-    # a script without the guard gets forked workers and is told why; a guarded one forkserver
-    assert ("no 'if __name__ == \"__main__\":' guard" in r.stderr) is (not guarded)
+    # torch: a script without the guard gets forked workers and is told why; a guarded one
+    # forkserver. DALI forks its source workers while CUDA is not initialised (no warning).
+    assert ("no 'if __name__ == \"__main__\":' guard" in r.stderr) is (backend == "torch" and
+                                                                    not guarded)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -88,7 +88,8 @@ def test_cuda_synchronisations_per_epoch_not_per_step(root, tmp_path, ssir):
     import warnings
     counts = {}
     for bs in (10, 4):
-        t = trainer(root, tmp_path / f"b{bs}", bs, device="cuda", **({"ssir": True} if ssir else {}))
+        extra = {"ssir": True} if ssir else {}
+        t = trainer(root, tmp_path / f"b{bs}", bs, device="cuda", **extra)
         t.train_epoch(0)                                # warm-up: cuDNN autotuning, allocator
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")

@@ -177,7 +177,8 @@ class _BatchSource:
             if self.depth:
                 row.append(depth)
             if self.mask:
-                row.append(sample_test_mask(self.dataset, self.split, i).astype(np.uint8)[..., None])
+                mask = sample_test_mask(self.dataset, self.split, i)
+                row.append(mask.astype(np.uint8)[..., None])
             rows.append(row)
         if not rows:
             rows.append(self._stand_in())
@@ -325,8 +326,11 @@ class DaliImageLoader(ImageLoaderBase):
         """Cut the pass in flight short: no new batches, the ones in flight drained unread."""
         epoch, _ = self._table.get(self._dali_epoch)
         self._table.set(self._dali_epoch, epoch, 0)
-        for _ in self._it:
-            pass
+        while True:     # next(), not a for loop: iter() on a DALI iterator resets it
+            try:
+                next(self._it)
+            except StopIteration:
+                break
         self._finished = True
 
     def close(self):

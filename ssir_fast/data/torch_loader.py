@@ -9,9 +9,10 @@ workers return uint8 HWC images: the batch travels as uint8 in pinned memory, is
 workers normalise (float32 CHW) themselves: the CPU is the device there, and the conversion in the
 main process would serialise work the workers do in parallel (measured on the 2-core machine: 150
 ms per batch of 64 images at 224 px, as long as the decoding). The first batch of every pass is
-cut into one chunk per worker, so all workers build it together. At the end of a pass the workers already start on the next one
-(the epoch after, which is what training asks for next); a pass that turns out to be a different
-one is dropped by the DataLoader's reset, and so is a pass left half-way.
+cut into one chunk per worker, so all workers build it together. At the end of a pass the workers
+already start on the next one (the epoch after, which is what training asks for next); a pass
+that turns out to be a different one is dropped by the DataLoader's reset, and so is a pass left
+half-way.
 
 Worker start method: forkserver (a forked worker can deadlock on a lock that another thread of the
 parent held at fork time), with this module preloaded in the server so that workers start in
@@ -214,8 +215,9 @@ class TorchImageLoader(ImageLoaderBase):
                 kwargs = {"prefetch_factor": self.prefetch, "persistent_workers": True,
                           "multiprocessing_context": _context(worker_start_method())}
             self._dl = torch.utils.data.DataLoader(
-                _Samples(self, normalise=self.device.type != "cuda"), batch_sampler=self._sampler, num_workers=self.num_workers,
-                collate_fn=_collate, pin_memory=self.device.type == "cuda", **kwargs)
+                _Samples(self, normalise=self.device.type != "cuda"), batch_sampler=self._sampler,
+                num_workers=self.num_workers, collate_fn=_collate,
+                pin_memory=self.device.type == "cuda", **kwargs)
         return self._dl
 
     def _start(self, epoch):
