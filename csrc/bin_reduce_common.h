@@ -25,7 +25,8 @@
 namespace ssir_fast {
 namespace bin_reduce {
 
-// Columns of the [num_bins, kCols] float64 table. Keep in sync with ssir_fast/ops/bin_reduce.py.
+// Columns of the [num_bins, kCols] float64 table; ssir_fast/ops/bin_reduce.py names them in the
+// same order (tests/test_bin_reduce.py::test_columns_agree_with_the_cpp_enum reads this enum).
 enum Col : int {
   COUNT = 0,         // pairs in the bin (finite, selected)
   SUM_ABS = 1,       // sum |e|

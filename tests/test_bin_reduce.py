@@ -340,3 +340,18 @@ print("counted")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"exit code {r.returncode}\n{r.stdout}\n{r.stderr}"
     assert "raised" in r.stdout and "counted" in r.stdout
+
+
+def test_columns_agree_with_the_cpp_enum():
+    # The column list is written twice (C++ enum, Python COLUMNS): this keeps them in step.
+    import re
+    from pathlib import Path
+    src = (Path(__file__).resolve().parents[1] / "csrc" / "bin_reduce_common.h").read_text()
+    start = src.index("enum Col")
+    enum = src[start:src.index("kCols = ", start)]
+    cpp = [(name.lower(), int(v)) for name, v in re.findall(r"\b([A-Z_0-9]+) = (\d+),", enum)]
+    assert cpp == [(c, i) for i, c in enumerate(COLUMNS)]
+    sums = re.search(r"kSumCols\[kNumSums\] = \{([^}]*)\}", src).group(1)
+    counts = re.search(r"kCountCols\[kNumCounts\] = \{([^}]*)\}", src).group(1)
+    named = [n.strip().lower() for n in (sums + "," + counts).split(",")]
+    assert sorted(named) == sorted(COLUMNS)  # every column is a sum or a count, once

@@ -107,3 +107,29 @@ def test_every_op_follows_the_dispatch_rule(monkeypatch):
     count, mean, var = bin_feature_stats(x, idx, 2)
     assert count.tolist() == [1, 2]
     assert fds_calibrate(x, idx, mean, var, mean, var).shape == (3, 4)
+
+
+# ---- fake kernels check like the C++ kernels (one contract, issue 10) ------------------------
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda: torch.ops.ssir_fast.perturb(torch.empty(2, 3), torch.empty(2, 4), 0.1, None, None),
+     ValueError, "same shape"),
+    (lambda: torch.ops.ssir_fast.perturb(torch.empty(2, 3), torch.empty(2, 3), -1.0, None, None),
+     ValueError, "epsilon must be finite"),
+    (lambda: torch.ops.ssir_fast.perturb(torch.empty(2, 3), torch.empty(2, 3), 1.0, None, None,
+                                         torch.empty(3)), ValueError, r"shape \[N\]"),
+    (lambda: torch.ops.ssir_fast.perturb_out(torch.empty(2, 3), torch.empty(2, 3), 1.0, None, None,
+                                             torch.empty(2, 2)), ValueError, "x and out"),
+    (lambda: torch.ops.ssir_fast.bin_reduce(torch.empty(5), torch.empty(5).half(), 0.0, 1.0, 3),
+     TypeError, "same dtype"),
+    (lambda: torch.ops.ssir_fast.bin_reduce(torch.empty(5), torch.empty(5), 0.0, 1.0, 0),
+     ValueError, "num_bins"),
+    (lambda: torch.ops.ssir_fast.bin_feature_stats(torch.empty(5), torch.zeros(5, dtype=torch.long), 3),
+     ValueError, "2-D"),
+    (lambda: torch.ops.ssir_fast.fds_calibrate(torch.empty(4, 3), torch.zeros(4, dtype=torch.long),
+                                               *[torch.empty(2, 3)] * 3, torch.empty(2, 2), 0.1, 10.0),
+     ValueError, "smoothed_var"),
+])
+def test_fake_kernels_check_arguments(call, exc, words):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(), pytest.raises(exc, match=words):
+        call()

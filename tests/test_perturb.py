@@ -344,3 +344,24 @@ def test_cuda_per_sample_epsilon_equals_cpu(dtype, shape):
     cpu = perturb(x, g, eps, -1.0, 1.0)
     gpu = perturb(x.cuda(), g.cuda(), eps.cuda(), -1.0, 1.0).cpu()
     assert (gpu.float() - cpu.float()).abs().max() <= TOL[dtype] * 4
+
+
+def test_backward_forms_only_the_requested_gradients(monkeypatch):
+    import sys
+    mod = sys.modules["ssir_fast.ops.perturb"]  # (ssir_fast.ops.perturb is also the function)
+    calls = []
+    real = mod._grad_direction
+    monkeypatch.setattr(mod, "_grad_direction", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 5, dtype=torch.float64)
+    w = torch.randn(3, 5, dtype=torch.float64)
+    gx, = torch.autograd.grad((perturb(x, g, 0.7) * w).sum(), x)
+    assert torch.equal(gx, w) and calls == []  # no clip, g constant: d/dx is the identity
+    gx, = torch.autograd.grad((perturb(x, g, 0.7, -0.5, 0.5) * w).sum(), x)
+    ref = perturb_reference(x, g, 0.7)
+    assert torch.equal(gx, w * ((ref >= -0.5) & (ref <= 0.5))) and calls == []
+    g.requires_grad_(True)
+    gx, gg = torch.autograd.grad((perturb(x, g, 0.7, -0.5, 0.5) * w).sum(), (x, g))
+    assert calls == [1]
+    gg_only, = torch.autograd.grad((perturb(x.detach(), g, 0.7, -0.5, 0.5) * w).sum(), g)
+    torch.testing.assert_close(gg_only, gg, rtol=0, atol=0)

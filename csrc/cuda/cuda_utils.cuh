@@ -47,7 +47,8 @@ __device__ __forceinline__ T block_sum(T v, T* smem) {
   return smem[0];
 }
 
-// Elements from `offset` (in elements) until the first 16-byte aligned element of `p`.
+// Number of elements from `p` to the first 16-byte aligned element at or after it (0 when `p`
+// is aligned); `p` must be aligned to sizeof(T).
 template <typename T>
 __device__ __forceinline__ int64_t head_to_alignment(const T* p) {
   constexpr int64_t kVec = vec_width<T>();

@@ -32,8 +32,8 @@ using cuda::vec_width;
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = 8192;  // elements per block; a multiple of every vector width
 
-// Applies fn(index_in_row, element_offset) to every element of [begin, end) of a row, with
-// 16-byte vectors on the aligned body; `fn_vec(offset)` handles kVec elements at once.
+// Calls fn(i) for every index i of [begin, end) of a row, with 16-byte vectors on the aligned
+// body: there `fn_vec(i)` handles elements i .. i + kVec - 1 at once.
 // With vec = false every element takes the scalar path.
 template <typename T, typename Scalar, typename Vector>
 __device__ __forceinline__ void for_chunk(const T* row_ptr, int64_t begin, int64_t end, bool vec,

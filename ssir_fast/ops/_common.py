@@ -56,3 +56,19 @@ def use_kernel(device):
         return False
     kind = torch.device(device).type
     return kind == "cpu" or (kind == "cuda" and _extension.HAS_CUDA_KERNELS)
+
+
+def fake_check_float(t, op, name):
+    """torch._check of a fake kernel: `t` has one of the kernels' float dtypes."""
+    torch._check_type(t.dtype in FLOAT_DTYPES,
+                      lambda: f"{op}: {name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+
+
+def fake_check_same(a, b, op, name_a, name_b):
+    """torch._check of a fake kernel: a and b agree in shape, dtype and device (as in C++)."""
+    torch._check_value(a.shape == b.shape, lambda: f"{op}: {name_a} and {name_b} must have the same "
+                       f"shape, got {name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)}")
+    torch._check_type(a.dtype == b.dtype, lambda: f"{op}: {name_a} and {name_b} must have the same "
+                      f"dtype, got {name_a} {a.dtype} and {name_b} {b.dtype}")
+    torch._check_value(a.device == b.device, lambda: f"{op}: {name_a} and {name_b} must be on the "
+                       f"same device, got {name_a} on {a.device} and {name_b} on {b.device}")

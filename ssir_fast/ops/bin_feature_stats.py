@@ -14,7 +14,7 @@ no atomics). Not differentiable (statistics are buffers).
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import require_float_dtype, require_tensor, use_kernel
+from ._common import fake_check_float, require_float_dtype, require_tensor, use_kernel
 
 __all__ = ["bin_feature_stats", "bin_feature_stats_torch", "check_bin_index"]
 
@@ -92,6 +92,12 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("ssir_fast::bin_feature_stats")
     def _bin_feature_stats_fake(features, bin_index, num_bins, unbiased=True):
+        # the shape rules of csrc/fds_common.h check_stats_args, for traced calls
+        torch._check_value(features.dim() == 2, lambda: "bin_feature_stats: features must be 2-D [N, C]")
+        fake_check_float(features, "bin_feature_stats", "features")
+        torch._check_value(bin_index.shape == (features.shape[0],), lambda: f"bin_feature_stats: "
+                           f"bin_index must have shape [N] = [{features.shape[0]}]")
+        torch._check_value(num_bins >= 1, lambda: f"bin_feature_stats: num_bins must be >= 1, got {num_bins}")
         acc = torch.float64 if features.dtype == torch.float64 else torch.float32
         c = features.shape[1]
         return (features.new_empty((num_bins,), dtype=torch.long),

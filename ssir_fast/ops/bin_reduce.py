@@ -36,8 +36,8 @@ import numbers
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import (require_float_dtype, require_positive, require_same, require_tensor,
-                      use_kernel)
+from ._common import (fake_check_float, fake_check_same, require_float_dtype, require_positive,
+                      require_same, require_tensor, use_kernel)
 
 __all__ = ["bin_reduce", "bin_reduce_torch", "COLUMNS", "NUM_COLUMNS", "DEFAULT_FLOOR"]
 
@@ -154,4 +154,15 @@ if HAS_EXTENSION:
     @torch.library.register_fake("ssir_fast::bin_reduce")
     def _bin_reduce_fake(pred, target, y_min, bin_width, num_bins, mask=None, floor=DEFAULT_FLOOR,
                          allow_nonfinite=False):
+        # the shape/dtype rules of csrc/bin_reduce_common.h check_args, for traced calls
+        fake_check_same(pred, target, "bin_reduce", "pred", "target")
+        fake_check_float(pred, "bin_reduce", "pred")
+        torch._check_value(num_bins >= 1, lambda: f"bin_reduce: num_bins must be >= 1, got {num_bins}")
+        torch._check_value(math.isfinite(bin_width) and bin_width > 0,
+                           lambda: f"bin_reduce: bin_width must be finite and > 0, got {bin_width}")
+        if mask is not None:
+            torch._check_type(mask.dtype == torch.bool,
+                              lambda: f"bin_reduce: mask must be a bool tensor, got {mask.dtype}")
+            torch._check_value(mask.shape == pred.shape, lambda: f"bin_reduce: mask must have "
+                               f"pred's shape {tuple(pred.shape)}, got {tuple(mask.shape)}")
         return pred.new_empty((num_bins, NUM_COLUMNS), dtype=torch.float64)

@@ -19,7 +19,7 @@ import math
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import require_float_dtype, require_tensor, use_kernel
+from ._common import fake_check_float, require_float_dtype, require_tensor, use_kernel
 from .bin_feature_stats import check_bin_index
 
 __all__ = ["fds_calibrate", "fds_calibrate_torch", "calibration_coefficients", "MIN_VAR_SUM"]
@@ -97,6 +97,15 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("ssir_fast::fds_calibrate")
     def _fds_calibrate_fake(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo, hi):
+        # the shape rules of csrc/fds_common.h check_calibrate_args, for traced calls
+        torch._check_value(features.dim() == 2, lambda: "fds_calibrate: features must be 2-D [N, C]")
+        fake_check_float(features, "fds_calibrate", "features")
+        torch._check_value(bin_index.shape == (features.shape[0],),
+                           lambda: f"fds_calibrate: bin_index must have shape [N] = [{features.shape[0]}]")
+        for t, name in ((mean, "mean"), (var, "var"), (smoothed_mean, "smoothed_mean"),
+                        (smoothed_var, "smoothed_var")):
+            torch._check_value(t.dim() == 2 and t.shape == mean.shape and t.shape[1] == features.shape[1],
+                               lambda: f"fds_calibrate: {name} must have shape [num_bins, C] as mean")
         return torch.empty_like(features, memory_format=torch.contiguous_format)
 
     def _setup_context(ctx, inputs, output):
@@ -107,6 +116,8 @@ if HAS_EXTENSION:
     def _backward(ctx, grad):
         """grad_z = grad * scale[b] (grad unchanged for ignored samples): the op with zero means."""
         bin_index, var, smoothed_var = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None, None, None
         zeros = torch.zeros_like(var)
         grad_features = torch.ops.ssir_fast.fds_calibrate.default(
             grad.contiguous(), bin_index, zeros, var, zeros, smoothed_var, ctx.lo, ctx.hi)

@@ -7,13 +7,14 @@ epsilon[i] (a tensor of per-sample radii, issue 12's auto-epsilon). A row with |
 perturbation (out_i = clip(x_i)), never NaN. Math is fp32 for fp32/fp16/bf16 inputs (fp64 for
 fp64). Kernels: csrc/cpu/perturb_cpu.cpp, csrc/cuda/perturb_cuda.cu.
 """
+import math
 import numbers
 
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import (require_finite_nonneg, require_float_dtype, require_same, require_tensor,
-                      use_kernel)
+from ._common import (fake_check_float, fake_check_same, require_finite_nonneg,
+                      require_float_dtype, require_same, require_tensor, use_kernel)
 
 __all__ = ["perturb", "perturb_torch"]
 
@@ -145,19 +146,58 @@ def perturb_torch(x, g, epsilon, clip_min=None, clip_max=None, epsilon_rows=None
     return v.to(x.dtype).contiguous()
 
 
+def _inside(v, clip_min, clip_max, x):
+    """The clip mask m: 1 where lo <= v <= hi (the output follows x and g there)."""
+    lo, hi = _channel_view(clip_min, x), _channel_view(clip_max, x)
+    inside = torch.ones_like(v, dtype=torch.bool)
+    if lo is not None:
+        inside &= v >= lo
+    if hi is not None:
+        inside &= v <= hi
+    return inside
+
+
+def _grad_direction(w, gf, norm, scale, n):
+    """(eps_i / ||g||) (I - u u^T) w per row, u = g / ||g||: the gradient w.r.t. g."""
+    u = gf / norm
+    proj = (u * w).reshape(n, -1).sum(dim=1).reshape(norm.shape)
+    return scale * (w - u * proj)
+
+
 # ---- torch.compile support and autograd ---------------------------------------------------
 if HAS_EXTENSION:
 
+    def _fake_check(x, g, epsilon, clip_min, clip_max, epsilon_rows):
+        """The shape/dtype/device rules of csrc/perturb_common.h, for traced (fake) calls."""
+        torch._check_value(x.dim() >= 1, lambda: "perturb: x must have a batch dimension")
+        fake_check_same(x, g, "perturb", "x", "g")
+        fake_check_float(x, "perturb", "x")
+        torch._check_value(math.isfinite(epsilon) and epsilon >= 0,
+                           lambda: f"perturb: epsilon must be finite and >= 0, got {epsilon}")
+        if epsilon_rows is not None:
+            torch._check_value(epsilon_rows.dim() == 1 and epsilon_rows.shape[0] == x.shape[0],
+                               lambda: f"perturb: per-sample epsilon must have shape [N] = "
+                                       f"[{x.shape[0]}], got {tuple(epsilon_rows.shape)}")
+        for b, name in ((clip_min, "clip_min"), (clip_max, "clip_max")):
+            if b is not None:
+                torch._check_value(b.dim() <= 1 and (b.numel() == 1 or (
+                    x.dim() >= 2 and b.numel() == x.shape[1])), lambda: f"perturb: {name} must be "
+                    f"a scalar or a per-channel [C] tensor for x {tuple(x.shape)}")
+
     @torch.library.register_fake("ssir_fast::perturb")
     def _perturb_fake(x, g, epsilon, clip_min, clip_max, epsilon_rows=None):
+        _fake_check(x, g, epsilon, clip_min, clip_max, epsilon_rows)
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("ssir_fast::perturb_")
     def _perturb_inplace_fake(x, g, epsilon, clip_min, clip_max, epsilon_rows=None):
+        _fake_check(x, g, epsilon, clip_min, clip_max, epsilon_rows)
         return None
 
     @torch.library.register_fake("ssir_fast::perturb_out")
     def _perturb_out_fake(x, g, epsilon, clip_min, clip_max, out, epsilon_rows=None):
+        _fake_check(x, g, epsilon, clip_min, clip_max, epsilon_rows)
+        fake_check_same(x, out, "perturb", "x", "out")
         return None
 
     def _setup_context(ctx, inputs, output):
@@ -168,8 +208,13 @@ if HAS_EXTENSION:
 
     def _backward(ctx, grad):
         """d out / d x = m (the clip mask); d out / d g = m * (eps_i/||g||) (I - u u^T), u = g/||g||.
-        The radii (float epsilon or the per-sample tensor) are constants: no gradient."""
+        The radii (float epsilon or the per-sample tensor) are constants: no gradient. Only the
+        gradients autograd asks for are formed (without clipping, the x gradient is `grad`)."""
         x, g, clip_min, clip_max, eps_rows = ctx.saved_tensors
+        need_x, need_g = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        clipped = clip_min is not None or clip_max is not None
+        if not need_g and not clipped:
+            return grad if need_x else None, None, None, None, None, None
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         n = x.shape[0]
         shape = (-1,) + (1,) * (x.dim() - 1)
@@ -179,18 +224,9 @@ if HAS_EXTENSION:
         radius = _radius(ctx.epsilon, eps_rows, acc)
         scale = torch.where(norm > 0, radius / safe, torch.zeros_like(norm)).reshape(shape)
         w = grad.to(acc)
-        if clip_min is not None or clip_max is not None:
-            v = x.to(acc) + scale * gf
-            lo, hi = _channel_view(clip_min, x), _channel_view(clip_max, x)
-            inside = torch.ones_like(v, dtype=torch.bool)
-            if lo is not None:
-                inside &= v >= lo
-            if hi is not None:
-                inside &= v <= hi
-            w = w * inside
-        u = gf / safe.reshape(shape)
-        proj = (u * w).reshape(n, -1).sum(dim=1).reshape(shape)
-        grad_g = scale * (w - u * proj)
-        return w.to(x.dtype), grad_g.to(g.dtype), None, None, None, None
+        if clipped:
+            w = w * _inside(x.to(acc) + scale * gf, clip_min, clip_max, x)
+        grad_g = _grad_direction(w, gf, safe.reshape(shape), scale, n).to(g.dtype) if need_g else None
+        return w.to(x.dtype) if need_x else None, grad_g, None, None, None, None
 
     torch.library.register_autograd("ssir_fast::perturb", _backward, setup_context=_setup_context)
