@@ -135,7 +135,7 @@ def report(rows, seeds):
         out.append(f"### {data} ({min(n.values())}-{max(n.values())} seeds; test samples: "
                    + ", ".join(f"{g} {counts[g]}" for g in GROUPS) + ")\n")
         out.append("| method | All MAE | Few MAE | All GM | Few GM | Few MAE vs base | "
-                   "All MAE vs base | similarity | ‖x̃−x‖/‖x‖ | |Δf|/Δy | s/run |")
+                   "All MAE vs base | similarity | ‖x̃−x‖/‖x‖ | mean abs Δf / Δy | s/run |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         by = {(r["method"], r["seed"]): r for r in mine}
         for m in METHODS:
