@@ -99,8 +99,9 @@ def test_metrics_speed(benchmark, device, case):
 
 def run_gpu_selftest(pixels=2 * 10 ** 8):
     """GPU check for the self-test script: bin_reduce (through BinnedMetrics and alone) on a
-    depth-sized input vs the torch.bincount implementation and vs copy bandwidth. Returns the
-    result row (also appended to benchmarks/results.jsonl)."""
+    depth-sized input vs the torch.bincount implementation and vs copy bandwidth, then the op
+    alone on the depth and age cases with and without a mask. Returns the result rows (also
+    appended to benchmarks/results.jsonl)."""
     from ssir_fast.ops import bin_reduce
     assert torch.cuda.is_available(), "run_gpu_selftest needs a CUDA device"
     global DEPTH_PIXELS
@@ -124,7 +125,26 @@ def run_gpu_selftest(pixels=2 * 10 ** 8):
                speedup_vs_bincount=t_bincount / t_ours, gbps=nbytes / t_op / 1e9,
                copy_gbps=copy, fraction_of_copy=nbytes / t_op / 1e9 / copy)
     record("metrics_gpu", **row)
-    return row
+    rows = [row]
+    # issue 10's bin_reduce goal cases, the op alone: depth (coherent, 93 bins) and age (random
+    # order, 121 bins), each with and without a mask, as a fraction of copy bandwidth
+    g = torch.Generator(device=device).manual_seed(1)
+    y_age = torch.randint(0, 121, (pixels,), generator=g, device=device).float()
+    p_age = y_age + 6 * torch.randn(pixels, generator=g, device=device)
+    mask = torch.rand(pixels, generator=g, device=device) < 0.7
+    cases = (("depth", pred.reshape(-1), y.reshape(-1), 0.7, 0.1, 93),
+             ("age", p_age, y_age, 0.0, 1.0, 121))
+    for name, pp, yy, y0, w, nb in cases:
+        for m in (None, mask):
+            t = median_time(lambda: bin_reduce(pp, yy, y0, w, nb, mask=m, allow_nonfinite=True),
+                            device, repeats=5)
+            nbytes = 2 * pp.numel() * pp.element_size() + (0 if m is None else m.numel())
+            r = dict(case=f"bin_reduce_{name}" + ("_mask" if m is not None else ""), device=device,
+                     device_name=device_name(device), n=pp.numel(), op_s=t,
+                     gbps=nbytes / t / 1e9, copy_gbps=copy, fraction_of_copy=nbytes / t / 1e9 / copy)
+            record("bin_reduce_gpu", **r)
+            rows.append(r)
+    return rows
 
 
 if __name__ == "__main__":  # python benchmarks/bench_metrics.py  -> GPU self-test

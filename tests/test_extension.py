@@ -133,3 +133,24 @@ def test_fake_kernels_check_arguments(call, exc, words):
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode(), pytest.raises(exc, match=words):
         call()
+
+
+# ---- the GPU self-test's parts that can run here ---------------------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_ops_sanitizer_script_runs_on_cpu():
+    # benchmarks/ops_sanitizer.py is what compute-sanitizer runs on the GPU; its calls must be
+    # valid (no unexpected error) on any device.
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ops_sanitizer",
+                                                  os.path.join(ROOT, "benchmarks", "ops_sanitizer.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.run("cpu") > 200
+
+
+def test_gpu_selftest_script_is_valid_bash():
+    r = subprocess.run(["bash", "-n", os.path.join(ROOT, "benchmarks", "gpu_selftest.sh")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
