@@ -9,10 +9,10 @@ workers return uint8 HWC images: the batch travels as uint8 in pinned memory, is
 workers normalise (float32 CHW) themselves: the CPU is the device there, and the conversion in the
 main process would serialise work the workers do in parallel (measured on the 2-core machine: 150
 ms per batch of 64 images at 224 px, as long as the decoding). The first batch of every pass is
-cut into one chunk per worker, so all workers build it together. At the end of a pass the workers
-already start on the next one (the epoch after, which is what training asks for next); a pass
-that turns out to be a different one is dropped by the DataLoader's reset, and so is a pass left
-half-way.
+cut into one chunk per worker, so all workers build it together. The sampler streams pass after
+pass (epoch e, then e + 1, which is what training asks for next), so the workers start on the
+next pass while the current one is consumed; a pass of another epoch restarts the stream with
+the DataLoader's reset, which also drops whatever a pass left half-way had queued.
 
 Worker start method: forkserver (a forked worker can deadlock on a lock that another thread of the
 parent held at fork time), with this module preloaded in the server so that workers start in
@@ -159,38 +159,42 @@ def _collate(items):
 
 
 class _EpochBatches:
-    """Batch sampler of the persistent DataLoader: the batches of whatever plan it holds now
-    (set before each pass), as lists of (position, index, anchor_y, anchor_x, flip) items.
+    """Batch sampler of the persistent DataLoader: an endless stream of passes, epoch ``start``,
+    then ``start + 1``, ... (each with its own order and crop/flip draws), as lists of
+    (position, index, anchor_y, anchor_x, flip) items. The workers therefore go straight on to
+    the next epoch's first batches while the last ones of a pass are still being consumed; a
+    pass of another epoch restarts the stream (`TorchImageLoader._start`).
 
-    The first batch is cut into ``parts`` chunks (one per worker), so all workers build it
-    together and a pass starts ``parts`` times sooner than if one worker made it alone; the
-    loader joins the chunks again (`TorchImageLoader.__iter__`). Later batches stay whole: by
-    then every worker is busy anyway, and joining costs a copy."""
+    The first batch of a pass is cut into ``parts`` chunks (one per worker), so all workers build
+    it together and a restarted stream delivers it ``parts`` times sooner than one worker alone
+    would; the loader joins the chunks again. Later batches stay whole: by then every worker is
+    busy anyway, and joining costs a copy."""
 
-    def __init__(self, batch_size, parts):
-        self.batch_size, self.parts = batch_size, max(1, parts)
-        self.plan = None
+    def __init__(self, plan_of, batch_size, parts):
+        self.plan_of, self.batch_size, self.parts = plan_of, batch_size, max(1, parts)
+        self.start = 0
 
     def chunks(self, n, b):
         """Chunk sizes of batch number b, of n samples."""
         k = min(self.parts, n) if b == 0 else 1
         return [n // k + (j < n % k) for j in range(k)]
 
-    def batch_sizes(self):
-        n = len(self.plan[0])
+    def batch_sizes(self, plan):
+        n = len(plan[0])
         return [min(self.batch_size, n - s) for s in range(0, n, self.batch_size)]
 
-    def __len__(self):
-        return sum(len(self.chunks(n, b)) for b, n in enumerate(self.batch_sizes()))
-
     def __iter__(self):
-        order, _, anchors, flips = self.plan
-        p = 0
-        for b, n in enumerate(self.batch_sizes()):
-            for c in self.chunks(n, b):
-                yield [(q, int(order[q]), int(anchors[order[q], 0]), int(anchors[order[q], 1]),
-                        int(flips[order[q]])) for q in range(p, p + c)]
-                p += c
+        epoch = self.start
+        while True:
+            order, _, anchors, flips = self.plan_of(epoch)
+            p = 0
+            for b, n in enumerate(self.batch_sizes((order,))):
+                for c in self.chunks(n, b):
+                    yield [(q, int(order[q]), int(anchors[order[q], 0]),
+                            int(anchors[order[q], 1]), int(flips[order[q]]))
+                           for q in range(p, p + c)]
+                    p += c
+            epoch += 1
 
 
 class TorchImageLoader(ImageLoaderBase):
@@ -202,8 +206,8 @@ class TorchImageLoader(ImageLoaderBase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._dl = None
-        self._sampler = _EpochBatches(self.batch_size, self.num_workers)
-        self._pending = None     # (epoch key, plan, DataLoader iterator) started ahead
+        self._sampler = _EpochBatches(self._plan, self.batch_size, self.num_workers)
+        self._pending = None     # (epoch key, stream epoch, iterator) of the pass streamed next
         self._pass = 0           # pass counter: a generator left behind by a newer pass stops
 
     def _dataloader(self):
@@ -221,11 +225,10 @@ class TorchImageLoader(ImageLoaderBase):
         return self._dl
 
     def _start(self, epoch):
-        """Point the sampler at ``epoch``'s plan and (re)start the workers on it; batches still
-        queued from an earlier, unfinished pass are dropped by the DataLoader's reset."""
-        plan = self._plan(epoch)
-        self._sampler.plan = plan
-        return plan, iter(self._dataloader())
+        """(Re)start the stream of passes at ``epoch``; batches still queued from an earlier
+        pass are dropped by the DataLoader's reset (persistent workers: a handshake, no restart)."""
+        self._sampler.start = epoch
+        return iter(self._dataloader())
 
     def _join(self, tensors):
         """One batch from its chunks; pinned chunks are joined on the CUDA device (each copy
@@ -250,18 +253,18 @@ class TorchImageLoader(ImageLoaderBase):
         self._pass += 1
 
     def __iter__(self):
-        key = self.epoch_key()
-        if self._pending is not None and self._pending[0] == key:
-            _, plan, it = self._pending
+        if self._pending is not None and self._pending[0] == self.epoch_key():
+            _, stream_epoch, it = self._pending     # the stream already runs into this pass
         else:
-            plan, it = self._start(self.epoch)
+            stream_epoch, it = self.epoch, self._start(self.epoch)
         self._pending = None
+        plan = self._plan()            # equal to the stream's pass: same epoch, or same key
         order = plan[0]
         self._begin_epoch(plan)
         self._pass += 1
         me = self._pass
         chunks = iter(it)
-        for b, n in enumerate(self._sampler.batch_sizes()):
+        for b, n in enumerate(self._sampler.batch_sizes(plan)):
             if self._pass != me:
                 return    # a newer pass took the workers over: this one was abandoned
             parts = [next(chunks) for _ in self._sampler.chunks(n, b)]
@@ -274,6 +277,4 @@ class TorchImageLoader(ImageLoaderBase):
             x, d, m = (self._join([part[k] for part in parts]) for k in (1, 2, 3))
             yield self._finish(x, pos, order, depth=d, mask=m)
         self._end_epoch()
-        if self.num_workers > 0:
-            # start the next pass now, so its first batches are ready when it is asked for
-            self._pending = (self.epoch_key(), *self._start(self.epoch))
+        self._pending = (self.epoch_key(stream_epoch + 1), stream_epoch + 1, it)
