@@ -17,14 +17,14 @@ on a CPU, ``device="mixed"`` (nvJPEG) decoding with everything after it on the G
   synchronisation per batch). GPU images come out HWC and are returned as channels_last
   [B, C, H, W] views; CPU images come out CHW.
 
-Epochs without a rebuild: DALI's source workers learn which loader epoch a DALI epoch serves, and
-how many batches it may produce, from a small shared table (`_EpochTable`) that the loader writes
-before each pipeline reset. At the end of a pass the pipeline is reset at once for the next epoch,
-so its first batches are decoded while the trainer validates. A pass left half-way (or a prepared
-pass that turns out not to be the one asked for) is cut short: its batch limit drops to zero, the
-few batches already in flight are drained and dropped, and the pipeline is reset for the wanted
-epoch. Every batch carries its positions, which the loader checks, so no batch of another pass can
-slip through.
+Epochs without a rebuild: the source streams pass after pass (epoch e, then e + 1, which is what
+training asks for next), so the pipeline decodes the next epoch's first batches while the current
+one is consumed. A small shared table (`_EpochTable`), which the loader writes and DALI's source
+workers read, says at which epoch a stream starts and how many batches it may produce. A pass
+left half-way, or a pass of another epoch than the stream's next, cuts the stream short: its
+limit drops to zero, the few batches already in flight are drained and dropped, and the pipeline
+is reset (not rebuilt) to stream from the wanted epoch. Every sample carries its stream slot,
+which the loader checks, so no batch of another pass can slip through.
 
 Bad files: the source leaves out a sample whose file is missing, unreadable, truncated or not an
 image; the loader sees the gap in the positions, reads the file again for the reason, and raises a
@@ -79,9 +79,9 @@ def _columns(loader):
 
 
 class _EpochTable:
-    """Rows (loader epoch, batch limit) for the last ``SLOTS`` DALI epochs, in a small file in
-    shared memory: the loader writes a row before each pipeline reset, the source workers (other
-    processes) read it. Pickles as its path."""
+    """Rows (first loader epoch, batch limit) for the last ``SLOTS`` DALI epochs, in a small file
+    in shared memory: the loader writes a row before each pipeline reset (and lowers the limit to
+    cut a stream short); the source workers (other processes) read it. Pickles as its path."""
 
     SLOTS = 64
 
@@ -132,8 +132,11 @@ def _placeholder_jpeg():
 
 class _BatchSource:
     """``external_source`` callback (runs in DALI's worker processes): BatchInfo(iteration,
-    epoch_idx) -> the columns of `_columns` for batch ``iteration`` of the epoch that the
-    `_EpochTable` assigns to DALI epoch ``epoch_idx``. Holds only picklable data."""
+    epoch_idx) -> the columns of `_columns` for one batch. A DALI epoch is a stream of passes:
+    the `_EpochTable` row of ``epoch_idx`` gives its first loader epoch and how many batches it
+    may produce; iteration k is batch k % len(loader) of epoch first + k // len(loader). Each
+    sample's "position" is its stream slot, k * batch_size + its index in the batch, so the
+    loader can tell every batch's pass apart. Holds only picklable data."""
 
     def __init__(self, loader, table):
         self.dataset, self.view, self.split = loader.dataset, loader.view, loader.split
@@ -142,6 +145,7 @@ class _BatchSource:
         self.shard = (loader.rank, loader.world, loader.even_shards)
         self.depth = loader.dataset.kind == "depth"
         self.mask = _wants_mask(loader)
+        self.per_pass = len(loader)
         self.table = table
         self.placeholder = _placeholder_jpeg()
         self._cached = (None, None)
@@ -155,19 +159,20 @@ class _BatchSource:
         return self._cached[1]
 
     def __call__(self, info):
-        epoch, limit = self.table.get(info.epoch_idx)
+        start, limit = self.table.get(info.epoch_idx)
         if info.iteration >= limit:
             raise StopIteration
+        # pass after pass: iteration k is batch k % per_pass of epoch start + k // per_pass
+        epoch, b = start + info.iteration // self.per_pass, info.iteration % self.per_pass
         order, anchors, flips = self.plan(epoch)
-        lo = info.iteration * self.batch_size
+        lo = b * self.batch_size
         hi = min(lo + self.batch_size, len(order))
-        if lo >= hi:
-            raise StopIteration
+        slot = info.iteration * self.batch_size - lo    # position p -> stream slot p + slot
         rows = []
         for p in range(lo, hi):
             i = int(order[p])
             try:
-                row = [read_image_bytes(self.view, i), np.array([p], np.int64)]
+                row = [read_image_bytes(self.view, i), np.array([p + slot], np.int64)]
                 if self.depth:
                     depth = read_sample_depth(self.dataset, self.view, i)[..., None]
             except DataError:
@@ -293,19 +298,21 @@ class DaliImageLoader(ImageLoaderBase):
         self._it = None          # DALIGenericIterator over the one pipeline
         self._table = None
         self._dali_epoch = 0     # DALI's epoch counter (one per pipeline reset)
-        self._key = None         # epoch key of the pass the pipeline is producing
-        self._fresh = False      # that pass is untouched: prepared, no batch taken yet
-        self._finished = True    # that pass was read to its end (DALI's epoch is over)
+        self._first = 0          # loader epoch of the stream's first pass in this DALI epoch
+        self._taken = 0          # batches taken from this DALI epoch
+        self._boundary = True    # the consumer stands between two passes of the stream
         self._pass = 0
 
     # ------------------------------------------------------------------ pipeline lifetime
+    STREAM = 2 ** 62             # batch limit of a stream nobody has cut short
+
     def _build(self, epoch):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
         if self.dataset.kind == "depth" and self.split == "test":
             self.dataset.test_mask()  # computed once here, shipped to the source workers
         self._table = _EpochTable()
         self._dali_epoch = 0
-        self._table.set(0, epoch, len(self))
+        self._table.set(0, epoch, self.STREAM)
         parallel, method = _workers_mode(self.start_method)
         pipe = build_pipeline(self, _BatchSource(self, self._table), self.device_id, parallel,
                               method, self.py_workers)
@@ -313,25 +320,25 @@ class DaliImageLoader(ImageLoaderBase):
             (["mask"] if _wants_mask(self) else [])
         self._it = DALIGenericIterator(pipe, names, size=-1, auto_reset=False,
                                        prepare_first_batch=False)
-        self._key, self._fresh, self._finished = self.epoch_key(epoch), True, False
+        self._first, self._taken, self._boundary = epoch, 0, True
 
-    def _reset_for(self, epoch):
-        """Point the next DALI epoch at ``epoch`` and reset the pipeline (which starts it)."""
-        self._table.set(self._dali_epoch + 1, epoch, len(self))
-        self._it.reset()
-        self._dali_epoch += 1
-        self._key, self._fresh, self._finished = self.epoch_key(epoch), True, False
+    def _next_epoch(self):
+        """Loader epoch of the pass the stream delivers next (at a pass boundary)."""
+        return self._first + self._taken // len(self)
 
-    def _abandon(self):
-        """Cut the pass in flight short: no new batches, the ones in flight drained unread."""
-        epoch, _ = self._table.get(self._dali_epoch)
-        self._table.set(self._dali_epoch, epoch, 0)
+    def _restart(self, epoch):
+        """Cut the stream short (batches in flight are drained unread) and start a new one at
+        ``epoch`` with a pipeline reset: no rebuild."""
+        self._table.set(self._dali_epoch, self._first, 0)
         while True:     # next(), not a for loop: iter() on a DALI iterator resets it
             try:
                 next(self._it)
             except StopIteration:
                 break
-        self._finished = True
+        self._table.set(self._dali_epoch + 1, epoch, self.STREAM)
+        self._it.reset()
+        self._dali_epoch += 1
+        self._first, self._taken, self._boundary = epoch, 0, True
 
     def close(self):
         """Stop the pipeline and its source workers (the next pass builds a new one)."""
@@ -351,34 +358,35 @@ class DaliImageLoader(ImageLoaderBase):
         return f"{self.view.where(i)}: could not be read by the DALI source"
 
     def __iter__(self):
+        if len(self) == 0:
+            self._begin_epoch()
+            self._end_epoch()
+            return
         if self._it is None:
             self._build(self.epoch)
-        elif not (self._fresh and self._key == self.epoch_key()):
-            if not self._finished:
-                self._abandon()    # a pass left half-way, or a prepared pass of another epoch
-            self._reset_for(self.epoch)
-        self._fresh = False
+        elif not (self._boundary and self.epoch_key(self._next_epoch()) == self.epoch_key()):
+            self._restart(self.epoch)   # a pass left half-way, or another epoch than streamed
         order = self._begin_epoch()[0]
+        self._boundary = False
         self._pass += 1
         me = self._pass
-        for k in range(len(self) + 1):
+        for b in range(len(self)):
             if self._pass != me:
                 return    # a newer pass took the pipeline over: this one was abandoned
+            lo = b * self.batch_size
             try:
                 out = next(self._it)[0]
-            except StopIteration:
-                break
             except Exception as e:  # noqa: BLE001 - decoder failures become DataErrors
                 self.close()
-                lo = k * self.batch_size
                 files = [self.view.where(int(order[p])) for p in
                          range(lo, min(lo + self.batch_size, len(order)))]
                 raise DataError(f"DALI failed on a batch of {len(files)} file(s) "
                                 f"[{'; '.join(files)}]: {str(e).strip().splitlines()[-1]}") from e
+            slot = self._taken * self.batch_size - lo
+            self._taken += 1
             pos = out["position"].view(-1).numpy()
-            lo = k * self.batch_size
+            got = pos[pos >= 0] - slot                 # stream slots -> positions in this pass
             want = np.arange(lo, min(lo + self.batch_size, len(order)))
-            got = pos[pos >= 0]
             assert np.isin(got, want).all(), "DALI returned a batch of another pass"
             for p in np.setdiff1d(want, got):
                 self._skip(self._why(int(order[p])))   # raises with on_error="raise"
@@ -392,6 +400,5 @@ class DaliImageLoader(ImageLoaderBase):
             if self.device_id is not None:
                 x = x.permute(0, 3, 1, 2)              # HWC -> channels_last NCHW view
             yield self._finish(x, got, order, depth=d, mask=None if m is None else m.bool())
-        self._finished = True
+        self._boundary = True
         self._end_epoch()
-        self._reset_for(self.epoch)   # the next pass starts decoding now
