@@ -90,28 +90,28 @@ struct BinIndexer {
 inline void check_args(const at::Tensor& pred, const at::Tensor& target, double y_min,
                        double bin_width, int64_t num_bins, const std::optional<at::Tensor>& mask,
                        double floor) {
-  TORCH_CHECK(pred.sizes() == target.sizes(), "bin_reduce: pred and target must have the same shape, "
+  TORCH_CHECK_VALUE(pred.sizes() == target.sizes(), "bin_reduce: pred and target must have the same shape, "
               "got pred ", pred.sizes(), " and target ", target.sizes());
-  TORCH_CHECK(pred.scalar_type() == target.scalar_type(), "bin_reduce: pred and target must have the "
+  TORCH_CHECK_TYPE(pred.scalar_type() == target.scalar_type(), "bin_reduce: pred and target must have the "
               "same dtype, got pred ", pred.scalar_type(), " and target ", target.scalar_type());
-  TORCH_CHECK(pred.device() == target.device(), "bin_reduce: pred and target must be on the same "
+  TORCH_CHECK_VALUE(pred.device() == target.device(), "bin_reduce: pred and target must be on the same "
               "device, got pred on ", pred.device(), " and target on ", target.device());
   const auto t = pred.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble,
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble,
               "bin_reduce: pred must be float32, float16, bfloat16 or float64, got ", t);
-  TORCH_CHECK(num_bins >= 1, "bin_reduce: num_bins must be >= 1, got ", num_bins);
-  TORCH_CHECK(std::isfinite(bin_width) && bin_width > 0, "bin_reduce: bin_width must be finite and "
+  TORCH_CHECK_VALUE(num_bins >= 1, "bin_reduce: num_bins must be >= 1, got ", num_bins);
+  TORCH_CHECK_VALUE(std::isfinite(bin_width) && bin_width > 0, "bin_reduce: bin_width must be finite and "
               "> 0, got ", bin_width);
-  TORCH_CHECK(std::isfinite(y_min), "bin_reduce: y_min must be finite, got ", y_min);
-  TORCH_CHECK(std::isfinite(floor) && floor > 0, "bin_reduce: floor must be finite and > 0, got ",
+  TORCH_CHECK_VALUE(std::isfinite(y_min), "bin_reduce: y_min must be finite, got ", y_min);
+  TORCH_CHECK_VALUE(std::isfinite(floor) && floor > 0, "bin_reduce: floor must be finite and > 0, got ",
               floor);
   if (mask.has_value() && mask->defined()) {
     const auto& m = *mask;
-    TORCH_CHECK(m.scalar_type() == at::kBool, "bin_reduce: mask must be a bool tensor, got ",
+    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool, "bin_reduce: mask must be a bool tensor, got ",
                 m.scalar_type());
-    TORCH_CHECK(m.sizes() == pred.sizes(), "bin_reduce: mask must have pred's shape ", pred.sizes(),
+    TORCH_CHECK_VALUE(m.sizes() == pred.sizes(), "bin_reduce: mask must have pred's shape ", pred.sizes(),
                 ", got ", m.sizes());
-    TORCH_CHECK(m.device() == pred.device(), "bin_reduce: mask must be on pred's device ",
+    TORCH_CHECK_VALUE(m.device() == pred.device(), "bin_reduce: mask must be on pred's device ",
                 pred.device(), ", got ", m.device());
   }
 }

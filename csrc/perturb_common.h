@@ -25,17 +25,17 @@ using PerturbKernel = void (*)(const at::Tensor& x, const at::Tensor& g, double 
                                at::Tensor& out);
 
 inline void check_perturb_args(const at::Tensor& x, const at::Tensor& g, double epsilon) {
-  TORCH_CHECK(x.dim() >= 1, "perturb: x must have a batch dimension, got a 0-dim tensor");
-  TORCH_CHECK(x.sizes() == g.sizes(), "perturb: x and g must have the same shape, got x ",
+  TORCH_CHECK_VALUE(x.dim() >= 1, "perturb: x must have a batch dimension, got a 0-dim tensor");
+  TORCH_CHECK_VALUE(x.sizes() == g.sizes(), "perturb: x and g must have the same shape, got x ",
               x.sizes(), " and g ", g.sizes());
-  TORCH_CHECK(x.scalar_type() == g.scalar_type(), "perturb: x and g must have the same dtype, got x ",
+  TORCH_CHECK_TYPE(x.scalar_type() == g.scalar_type(), "perturb: x and g must have the same dtype, got x ",
               x.scalar_type(), " and g ", g.scalar_type());
-  TORCH_CHECK(x.device() == g.device(), "perturb: x and g must be on the same device, got x on ",
+  TORCH_CHECK_VALUE(x.device() == g.device(), "perturb: x and g must be on the same device, got x on ",
               x.device(), " and g on ", g.device());
   const auto t = x.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble,
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble,
               "perturb: x must be float32, float16, bfloat16 or float64, got ", t);
-  TORCH_CHECK(std::isfinite(epsilon) && epsilon >= 0,
+  TORCH_CHECK_VALUE(std::isfinite(epsilon) && epsilon >= 0,
               "perturb: epsilon must be finite and >= 0, got ", epsilon);
 }
 
@@ -64,12 +64,12 @@ inline at::Tensor prepare_bound(const std::optional<at::Tensor>& b, const char* 
                                 const at::Tensor& x) {
   if (!b.has_value() || !b->defined()) return at::Tensor();
   const auto& t = *b;
-  TORCH_CHECK(t.device() == x.device(), "perturb: ", name, " must be on x's device ", x.device(),
+  TORCH_CHECK_VALUE(t.device() == x.device(), "perturb: ", name, " must be on x's device ", x.device(),
               ", got ", t.device());
-  TORCH_CHECK(t.dim() <= 1, "perturb: ", name, " must be a scalar or a per-channel [C] tensor, got shape ",
+  TORCH_CHECK_VALUE(t.dim() <= 1, "perturb: ", name, " must be a scalar or a per-channel [C] tensor, got shape ",
               t.sizes());
   if (t.numel() != 1) {
-    TORCH_CHECK(x.dim() >= 2 && t.numel() == x.size(1), "perturb: per-channel ", name,
+    TORCH_CHECK_VALUE(x.dim() >= 2 && t.numel() == x.size(1), "perturb: per-channel ", name,
                 " has ", t.numel(), " values but x has ", (x.dim() >= 2 ? x.size(1) : 0),
                 " channels (dim 1 of shape ", x.sizes(), ")");
   }
@@ -86,6 +86,10 @@ inline ClipBounds make_bounds(const at::Tensor& x, const std::optional<at::Tenso
   auto opts = x.options().dtype(at::kFloat);
   cb.lo = lo.defined() ? lo.expand({nc}).contiguous() : at::full({nc}, -INFINITY, opts);
   cb.hi = hi.defined() ? hi.expand({nc}).contiguous() : at::full({nc}, INFINITY, opts);
+  // Order checked for host bounds only: a device-side check would synchronise every call.
+  TORCH_CHECK_VALUE(!x.device().is_cpu() || at::le(cb.lo, cb.hi).all().item<bool>(),
+                    "perturb: clip_min must be <= clip_max, got clip_min=", cb.lo,
+                    " and clip_max=", cb.hi);
   cb.has_clip = true;
   cb.nc = nc;
   cb.inner = 1;
@@ -120,7 +124,7 @@ void perturb_out_impl(const at::Tensor& x, const at::Tensor& g, double epsilon,
                       const std::optional<at::Tensor>& epsilon_rows, at::Tensor& out) {
   check_perturb_args(x, g, epsilon);
   const at::Tensor er = prepare_eps_rows(epsilon_rows, x);
-  TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() &&
+  TORCH_CHECK_VALUE(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() &&
                   out.device() == x.device(),
               "perturb: out must match x in shape, dtype and device, got out ", out.sizes(), " ",
               out.scalar_type(), " on ", out.device(), " for x ", x.sizes(), " ", x.scalar_type(),

@@ -174,13 +174,14 @@ def test_bad_arguments_name_the_argument():
 def test_cpp_checks_name_the_argument():
     op = torch.ops.ssir_fast.bin_reduce.default
     p, y = _data(10, torch.float32)
-    for args, msg in [((p, y[:5], 0.0, 1.0, 3), "pred and target must have the same shape"),
-                      ((p, y, 0.0, 1.0, 0), "num_bins must be >= 1"),
-                      ((p, y, 0.0, 0.0, 3), "bin_width must be finite and > 0"),
-                      ((p, y.half(), 0.0, 1.0, 3), "same dtype")]:
-        with pytest.raises(RuntimeError, match=msg):
+    # TORCH_CHECK_VALUE / _TYPE: the same Python exception types as the fallback's checks
+    for args, exc, msg in [((p, y[:5], 0.0, 1.0, 3), ValueError, "pred and target must have the same shape"),
+                           ((p, y, 0.0, 1.0, 0), ValueError, "num_bins must be >= 1"),
+                           ((p, y, 0.0, 0.0, 3), ValueError, "bin_width must be finite and > 0"),
+                           ((p, y.half(), 0.0, 1.0, 3), TypeError, "same dtype")]:
+        with pytest.raises(exc, match=msg):
             op(*args)
-    with pytest.raises(RuntimeError, match="mask must be a bool"):
+    with pytest.raises(TypeError, match="mask must be a bool"):
         op(p, y, 0.0, 1.0, 3, torch.ones(10))
 
 

@@ -118,7 +118,7 @@ def test_every_op_follows_the_dispatch_rule(monkeypatch):
     (lambda: torch.ops.ssir_fast.perturb(torch.empty(2, 3), torch.empty(2, 3), 1.0, None, None,
                                          torch.empty(3)), ValueError, r"shape \[N\]"),
     (lambda: torch.ops.ssir_fast.perturb_out(torch.empty(2, 3), torch.empty(2, 3), 1.0, None, None,
-                                             torch.empty(2, 2)), ValueError, "x and out"),
+                                             torch.empty(2, 2)), ValueError, "out must match x"),
     (lambda: torch.ops.ssir_fast.bin_reduce(torch.empty(5), torch.empty(5).half(), 0.0, 1.0, 3),
      TypeError, "same dtype"),
     (lambda: torch.ops.ssir_fast.bin_reduce(torch.empty(5), torch.empty(5), 0.0, 1.0, 0),

@@ -184,11 +184,12 @@ def test_bad_input(kwargs, exc, words):
 
 def test_cpp_checks_name_arguments():
     # Direct torch.ops calls skip the Python wrapper: the C++ checks must still be readable.
-    with pytest.raises(RuntimeError, match="x and g must have the same shape"):
+    # TORCH_CHECK_VALUE: the same Python exception type as the fallback's checks
+    with pytest.raises(ValueError, match="x and g must have the same shape"):
         torch.ops.ssir_fast.perturb(torch.randn(2, 3), torch.randn(2, 4), 0.1, None, None)
-    with pytest.raises(RuntimeError, match="epsilon must be finite"):
+    with pytest.raises(ValueError, match="epsilon must be finite"):
         torch.ops.ssir_fast.perturb(torch.randn(2, 3), torch.randn(2, 3), -0.1, None, None)
-    with pytest.raises(RuntimeError, match="per-channel clip_max"):
+    with pytest.raises(ValueError, match="per-channel clip_max"):
         torch.ops.ssir_fast.perturb(torch.randn(2, 3, 4), torch.randn(2, 3, 4), 0.1, None,
                                     torch.zeros(4))
 

@@ -36,8 +36,7 @@ import numbers
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import (fake_check_float, fake_check_same, require_float_dtype, require_positive,
-                      require_same, require_tensor, use_kernel)
+from ._common import fake_check_float, fake_check_same, require_tensor, use_kernel
 
 __all__ = ["bin_reduce", "bin_reduce_torch", "COLUMNS", "NUM_COLUMNS", "DEFAULT_FLOOR"]
 
@@ -49,28 +48,36 @@ NUM_COLUMNS = len(COLUMNS)
 DEFAULT_FLOOR = 1e-8
 
 
-def _check(pred, target, y_min, bin_width, num_bins, mask, floor):
+def _convert(pred, target, y_min, bin_width, num_bins, mask, floor):
+    """Conversions only (tensors required by name, numbers to float/int); the checks are in C++
+    (csrc/bin_reduce_common.h check_args) or, on the fallback and in traced calls, `_check_args`."""
     require_tensor(pred, "pred")
     require_tensor(target, "target")
-    require_float_dtype(pred, "pred")
-    require_same(pred, target, "pred", "target")
-    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral) or num_bins < 1:
-        raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}")
-    bin_width = require_positive(bin_width, "bin_width")
-    y_min = float(y_min)
-    if not math.isfinite(y_min):
-        raise ValueError(f"y_min must be finite, got {y_min}")
-    floor = require_positive(floor, "floor")
     if mask is not None:
         require_tensor(mask, "mask")
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
-        if mask.shape != pred.shape:
-            raise ValueError(f"mask must have pred's shape {tuple(pred.shape)}, got "
-                             f"{tuple(mask.shape)}")
-        if mask.device != pred.device:
-            raise ValueError(f"mask must be on pred's device {pred.device}, got {mask.device}")
-    return float(y_min), bin_width, int(num_bins), floor
+    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral):
+        raise TypeError(f"num_bins must be an integer, got {num_bins!r}")
+    return float(y_min), float(bin_width), int(num_bins), float(floor)
+
+
+def _check_args(pred, target, y_min, bin_width, num_bins, mask, floor):
+    """check_args of csrc/bin_reduce_common.h with torch._check (ValueError / TypeError as the C++
+    TORCH_CHECK_VALUE / _TYPE): for the fake kernel and the fallback."""
+    fake_check_same(pred, target, "bin_reduce", "pred", "target")
+    fake_check_float(pred, "bin_reduce", "pred")
+    torch._check_value(num_bins >= 1, lambda: f"bin_reduce: num_bins must be >= 1, got {num_bins}")
+    torch._check_value(math.isfinite(bin_width) and bin_width > 0,
+                       lambda: f"bin_reduce: bin_width must be finite and > 0, got {bin_width}")
+    torch._check_value(math.isfinite(y_min), lambda: f"bin_reduce: y_min must be finite, got {y_min}")
+    torch._check_value(math.isfinite(floor) and floor > 0,
+                       lambda: f"bin_reduce: floor must be finite and > 0, got {floor}")
+    if mask is not None:
+        torch._check_type(mask.dtype == torch.bool,
+                          lambda: f"bin_reduce: mask must be a bool tensor, got {mask.dtype}")
+        torch._check_value(mask.shape == pred.shape, lambda: f"bin_reduce: mask must have pred's "
+                           f"shape {tuple(pred.shape)}, got {tuple(mask.shape)}")
+        torch._check_value(mask.device == pred.device, lambda: f"bin_reduce: mask must be on "
+                           f"pred's device {pred.device}, got {mask.device}")
 
 
 def bin_reduce(pred, target, y_min, bin_width, num_bins, mask=None, floor=DEFAULT_FLOOR,
@@ -87,11 +94,12 @@ def bin_reduce(pred, target, y_min, bin_width, num_bins, mask=None, floor=DEFAUL
 
     The table is on pred's device; the columns are described in the module docstring.
     """
-    y_min, bin_width, num_bins, floor = _check(pred, target, y_min, bin_width, num_bins, mask,
-                                               floor)
+    y_min, bin_width, num_bins, floor = _convert(pred, target, y_min, bin_width, num_bins, mask,
+                                                 floor)
     if use_kernel(pred.device):
         return torch.ops.ssir_fast.bin_reduce.default(pred, target, y_min, bin_width, num_bins,
                                                       mask, floor, bool(allow_nonfinite))
+    _check_args(pred, target, y_min, bin_width, num_bins, mask, floor)
     return bin_reduce_torch(pred, target, y_min, bin_width, num_bins, mask, floor,
                             allow_nonfinite)
 
@@ -154,15 +162,5 @@ if HAS_EXTENSION:
     @torch.library.register_fake("ssir_fast::bin_reduce")
     def _bin_reduce_fake(pred, target, y_min, bin_width, num_bins, mask=None, floor=DEFAULT_FLOOR,
                          allow_nonfinite=False):
-        # the shape/dtype rules of csrc/bin_reduce_common.h check_args, for traced calls
-        fake_check_same(pred, target, "bin_reduce", "pred", "target")
-        fake_check_float(pred, "bin_reduce", "pred")
-        torch._check_value(num_bins >= 1, lambda: f"bin_reduce: num_bins must be >= 1, got {num_bins}")
-        torch._check_value(math.isfinite(bin_width) and bin_width > 0,
-                           lambda: f"bin_reduce: bin_width must be finite and > 0, got {bin_width}")
-        if mask is not None:
-            torch._check_type(mask.dtype == torch.bool,
-                              lambda: f"bin_reduce: mask must be a bool tensor, got {mask.dtype}")
-            torch._check_value(mask.shape == pred.shape, lambda: f"bin_reduce: mask must have "
-                               f"pred's shape {tuple(pred.shape)}, got {tuple(mask.shape)}")
+        _check_args(pred, target, y_min, bin_width, num_bins, mask, floor)
         return pred.new_empty((num_bins, NUM_COLUMNS), dtype=torch.float64)

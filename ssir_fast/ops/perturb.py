@@ -13,8 +13,7 @@ import numbers
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import (fake_check_float, fake_check_same, require_finite_nonneg,
-                      require_float_dtype, require_same, require_tensor, use_kernel)
+from ._common import fake_check_float, fake_check_same, require_tensor, use_kernel
 
 __all__ = ["perturb", "perturb_torch"]
 
@@ -47,27 +46,6 @@ def _bound(value, name, x=None):
     return t.reshape(-1) if t.dim() else t
 
 
-def _check_order(lo, hi):
-    # Only checked for host tensors: a device-side check would synchronise every call.
-    if lo is not None and hi is not None and lo.device.type == "cpu" and bool((lo > hi).any()):
-        raise ValueError(f"clip_min must be <= clip_max, got clip_min={lo.tolist()} and "
-                         f"clip_max={hi.tolist()}")
-
-
-def _epsilon(epsilon, x):
-    """(scalar radius, per-sample radii or None) as the op takes them."""
-    if not isinstance(epsilon, torch.Tensor):
-        return require_finite_nonneg(epsilon, "epsilon"), None
-    if epsilon.dim() != 1 or epsilon.shape[0] != x.shape[0]:
-        raise ValueError(f"epsilon must be a float or a tensor of shape [N] = [{x.shape[0]}] (one "
-                         f"radius per sample), got shape {tuple(epsilon.shape)}")
-    if epsilon.device != x.device:
-        raise ValueError(f"epsilon must be on x's device {x.device}, got {epsilon.device}")
-    if not epsilon.is_floating_point():
-        raise TypeError(f"epsilon must be a floating-point tensor, got {epsilon.dtype}")
-    return 1.0, epsilon.detach()
-
-
 def perturb(x, g, epsilon, clip_min=None, clip_max=None, out=None):
     """clip(x + eps_i * g / ||g||_2, clip_min, clip_max), norm per sample (dim 0 is the batch).
 
@@ -82,25 +60,28 @@ def perturb(x, g, epsilon, clip_min=None, clip_max=None, out=None):
         out: optional output tensor; may be `x` itself (in-place update).
 
     Returns the perturbed tensor (contiguous, or `out`). Differentiable w.r.t. x and g.
+
+    Argument checks live in one place per path: the C++ kernels (csrc/perturb_common.h), or, on
+    the PyTorch fallback, `_check_args` (also run by the fake kernels under torch.compile). This
+    wrapper only converts: tensors are required by name, floats and sequences become bounds.
     """
     require_tensor(x, "x")
     require_tensor(g, "g")
-    if x.dim() < 1:
-        raise ValueError("x must have a batch dimension, got a 0-dim tensor")
-    require_float_dtype(x, "x")
-    require_same(x, g, "x", "g")
-    epsilon, eps_rows = _epsilon(epsilon, x)
-    lo, hi = _bound(clip_min, "clip_min", x), _bound(clip_max, "clip_max", x)
-    _check_order(lo, hi)
+    if isinstance(epsilon, torch.Tensor):
+        epsilon, eps_rows = 1.0, epsilon.detach()  # radius_i = 1.0 * epsilon[i]
+    else:
+        epsilon, eps_rows = float(epsilon), None
+    lo, hi = (_bound(b, name) for b, name in ((clip_min, "clip_min"), (clip_max, "clip_max")))
+    lo, hi = (None if b is None else b.to(x.device) for b in (lo, hi))
     if out is not None:
         require_tensor(out, "out")
-        if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
-            raise ValueError(f"out must match x in shape, dtype and device, got out "
-                             f"{tuple(out.shape)} {out.dtype} on {out.device} for x "
-                             f"{tuple(x.shape)} {x.dtype} on {x.device}")
     if not use_kernel(x.device):
+        _check_args(x, g, epsilon, lo, hi, eps_rows, out)
         if eps_rows is not None:
             _check_eps_values(eps_rows)
+        if lo is not None and hi is not None and lo.device.type == "cpu":
+            torch._check_value(bool((lo <= hi).all()), lambda: f"perturb: clip_min must be <= "
+                               f"clip_max, got clip_min={lo.tolist()} and clip_max={hi.tolist()}")
         result = perturb_torch(x, g, epsilon, lo, hi, eps_rows)
         return result if out is None else out.copy_(result)
     if out is None:
@@ -112,10 +93,44 @@ def perturb(x, g, epsilon, clip_min=None, clip_max=None, out=None):
     return out
 
 
+def _check_args(x, g, epsilon, clip_min, clip_max, epsilon_rows, out=None):
+    """The shape/dtype/device rules of csrc/perturb_common.h with torch._check (ValueError /
+    TypeError as the C++ TORCH_CHECK_VALUE / _TYPE): for the fake kernels and the fallback."""
+    torch._check_value(x.dim() >= 1,
+                       lambda: "perturb: x must have a batch dimension, got a 0-dim tensor")
+    fake_check_same(x, g, "perturb", "x", "g")
+    fake_check_float(x, "perturb", "x")
+    torch._check_value(math.isfinite(epsilon) and epsilon >= 0,
+                       lambda: f"perturb: epsilon must be finite and >= 0, got {epsilon}")
+    if epsilon_rows is not None:
+        n = x.shape[0]
+        torch._check_value(epsilon_rows.dim() == 1 and epsilon_rows.shape[0] == n,
+                           lambda: f"perturb: per-sample epsilon must have shape [N] = [{n}] for x "
+                                   f"of shape {tuple(x.shape)}, got shape {tuple(epsilon_rows.shape)}")
+        torch._check_value(epsilon_rows.device == x.device, lambda: f"perturb: per-sample epsilon "
+                           f"must be on x's device {x.device}, got {epsilon_rows.device}")
+        torch._check_type(epsilon_rows.is_floating_point(), lambda: f"perturb: per-sample epsilon "
+                          f"must be a floating-point tensor, got {epsilon_rows.dtype}")
+    channels = x.shape[1] if x.dim() >= 2 else 0
+    for b, name in ((clip_min, "clip_min"), (clip_max, "clip_max")):
+        if b is not None:
+            torch._check_value(b.device == x.device, lambda: f"perturb: {name} must be on x's "
+                               f"device {x.device}, got {b.device}")
+            torch._check_value(b.dim() <= 1 and (b.numel() == 1 or b.numel() == channels),
+                               lambda: f"perturb: {name} must be a scalar or a per-channel [C] "
+                                       f"tensor with C = {channels} for x of shape {tuple(x.shape)}, "
+                                       f"got shape {tuple(b.shape)}")
+    if out is not None:
+        torch._check_value(out.shape == x.shape and out.dtype == x.dtype and out.device == x.device,
+                           lambda: f"perturb: out must match x in shape, dtype and device, got out "
+                                   f"{tuple(out.shape)} {out.dtype} on {out.device} for x "
+                                   f"{tuple(x.shape)} {x.dtype} on {x.device}")
+
+
 def _check_eps_values(eps_rows):
-    if not bool((torch.isfinite(eps_rows) & (eps_rows >= 0)).all()):
-        raise ValueError("per-sample epsilon must be finite and >= 0 everywhere, got a negative, "
-                         "NaN or inf value")
+    torch._check_value(bool((torch.isfinite(eps_rows) & (eps_rows >= 0)).all()),
+                       lambda: "perturb: per-sample epsilon must be finite and >= 0 everywhere, got "
+                               "a negative, NaN or inf value")
 
 
 def _channel_view(bound, x):
@@ -167,37 +182,19 @@ def _grad_direction(w, gf, norm, scale, n):
 # ---- torch.compile support and autograd ---------------------------------------------------
 if HAS_EXTENSION:
 
-    def _fake_check(x, g, epsilon, clip_min, clip_max, epsilon_rows):
-        """The shape/dtype/device rules of csrc/perturb_common.h, for traced (fake) calls."""
-        torch._check_value(x.dim() >= 1, lambda: "perturb: x must have a batch dimension")
-        fake_check_same(x, g, "perturb", "x", "g")
-        fake_check_float(x, "perturb", "x")
-        torch._check_value(math.isfinite(epsilon) and epsilon >= 0,
-                           lambda: f"perturb: epsilon must be finite and >= 0, got {epsilon}")
-        if epsilon_rows is not None:
-            torch._check_value(epsilon_rows.dim() == 1 and epsilon_rows.shape[0] == x.shape[0],
-                               lambda: f"perturb: per-sample epsilon must have shape [N] = "
-                                       f"[{x.shape[0]}], got {tuple(epsilon_rows.shape)}")
-        for b, name in ((clip_min, "clip_min"), (clip_max, "clip_max")):
-            if b is not None:
-                torch._check_value(b.dim() <= 1 and (b.numel() == 1 or (
-                    x.dim() >= 2 and b.numel() == x.shape[1])), lambda: f"perturb: {name} must be "
-                    f"a scalar or a per-channel [C] tensor for x {tuple(x.shape)}")
-
     @torch.library.register_fake("ssir_fast::perturb")
     def _perturb_fake(x, g, epsilon, clip_min, clip_max, epsilon_rows=None):
-        _fake_check(x, g, epsilon, clip_min, clip_max, epsilon_rows)
+        _check_args(x, g, epsilon, clip_min, clip_max, epsilon_rows)
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("ssir_fast::perturb_")
     def _perturb_inplace_fake(x, g, epsilon, clip_min, clip_max, epsilon_rows=None):
-        _fake_check(x, g, epsilon, clip_min, clip_max, epsilon_rows)
+        _check_args(x, g, epsilon, clip_min, clip_max, epsilon_rows)
         return None
 
     @torch.library.register_fake("ssir_fast::perturb_out")
     def _perturb_out_fake(x, g, epsilon, clip_min, clip_max, out, epsilon_rows=None):
-        _fake_check(x, g, epsilon, clip_min, clip_max, epsilon_rows)
-        fake_check_same(x, out, "perturb", "x", "out")
+        _check_args(x, g, epsilon, clip_min, clip_max, epsilon_rows, out)
         return None
 
     def _setup_context(ctx, inputs, output):
