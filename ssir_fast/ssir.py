@@ -376,7 +376,8 @@ def _record_batchnorm_stats(model, store, enabled):
                 def record(mod, args):
                     v = args[0].to(torch.promote_types(args[0].dtype, torch.float32))
                     dims = [0] + list(range(2, v.dim()))
-                    store[mod] = (v.mean(dims), v.var(dims, unbiased=False))
+                    var, mean = torch.var_mean(v, dims, correction=0)   # one pass
+                    store[mod] = (mean, var)
                 handles.append(m.register_forward_pre_hook(record))
     try:
         yield
