@@ -31,7 +31,8 @@ def default224():
 
 
 def epoch_rate(loader, device):
-    """Images/s of one full epoch (loader start-up included, as a training epoch pays it)."""
+    """Images/s of one full epoch, its first-batch wait included. Both loaders start their
+    workers / pipeline once, in the warm-up epoch (`bench_e2e.py` reports that start-up)."""
     t0 = time.perf_counter()
     n = 0
     for x, y, w in loader:
