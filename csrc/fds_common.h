@@ -21,18 +21,18 @@
 namespace ssir_fast {
 
 inline void check_features(const at::Tensor& f, const char* op) {
-  TORCH_CHECK(f.dim() == 2, op, ": features must be 2-D [N, C], got shape ", f.sizes());
+  TORCH_CHECK_VALUE(f.dim() == 2, op, ": features must be 2-D [N, C], got shape ", f.sizes());
   const auto t = f.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble, op,
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble, op,
               ": features must be float32, float16, bfloat16 or float64, got ", t);
 }
 
 inline void check_bin_index(const at::Tensor& idx, const at::Tensor& f, const char* op) {
-  TORCH_CHECK(idx.dim() == 1 && idx.size(0) == f.size(0), op,
+  TORCH_CHECK_VALUE(idx.dim() == 1 && idx.size(0) == f.size(0), op,
               ": bin_index must have shape [N] = [", f.size(0), "], got ", idx.sizes());
-  TORCH_CHECK(idx.scalar_type() == at::kLong, op, ": bin_index must be int64, got ",
+  TORCH_CHECK_TYPE(idx.scalar_type() == at::kLong, op, ": bin_index must be int64, got ",
               idx.scalar_type());
-  TORCH_CHECK(idx.device() == f.device(), op, ": bin_index must be on features' device ",
+  TORCH_CHECK_VALUE(idx.device() == f.device(), op, ": bin_index must be on features' device ",
               f.device(), ", got ", idx.device());
 }
 
@@ -43,18 +43,18 @@ inline at::ScalarType stats_dtype(const at::Tensor& f) {
 inline void check_stats_args(const at::Tensor& f, const at::Tensor& idx, int64_t num_bins) {
   check_features(f, "bin_feature_stats");
   check_bin_index(idx, f, "bin_feature_stats");
-  TORCH_CHECK(num_bins >= 1, "bin_feature_stats: num_bins must be >= 1, got ", num_bins);
+  TORCH_CHECK_VALUE(num_bins >= 1, "bin_feature_stats: num_bins must be >= 1, got ", num_bins);
 }
 
 inline void check_stat(const at::Tensor& s, const char* name, const at::Tensor& f,
                        const at::Tensor& ref) {
-  TORCH_CHECK(s.dim() == 2 && s.size(1) == f.size(1), "fds_calibrate: ", name,
+  TORCH_CHECK_VALUE(s.dim() == 2 && s.size(1) == f.size(1), "fds_calibrate: ", name,
               " must have shape [num_bins, C] with C = ", f.size(1), ", got ", s.sizes());
-  TORCH_CHECK(s.sizes() == ref.sizes(), "fds_calibrate: ", name, " must have the shape of mean ",
+  TORCH_CHECK_VALUE(s.sizes() == ref.sizes(), "fds_calibrate: ", name, " must have the shape of mean ",
               ref.sizes(), ", got ", s.sizes());
-  TORCH_CHECK(s.device() == f.device(), "fds_calibrate: ", name, " must be on features' device ",
+  TORCH_CHECK_VALUE(s.device() == f.device(), "fds_calibrate: ", name, " must be on features' device ",
               f.device(), ", got ", s.device());
-  TORCH_CHECK(s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble, "fds_calibrate: ",
+  TORCH_CHECK_TYPE(s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble, "fds_calibrate: ",
               name, " must be float32 or float64, got ", s.scalar_type());
 }
 
@@ -67,8 +67,8 @@ inline void check_calibrate_args(const at::Tensor& f, const at::Tensor& idx, con
   check_stat(var, "var", f, mean);
   check_stat(smean, "smoothed_mean", f, mean);
   check_stat(svar, "smoothed_var", f, mean);
-  TORCH_CHECK(std::isfinite(lo) && lo >= 0, "fds_calibrate: lo must be finite and >= 0, got ", lo);
-  TORCH_CHECK(!std::isnan(hi) && hi >= lo, "fds_calibrate: hi must be >= lo, got lo=", lo,
+  TORCH_CHECK_VALUE(std::isfinite(lo) && lo >= 0, "fds_calibrate: lo must be finite and >= 0, got ", lo);
+  TORCH_CHECK_VALUE(!std::isnan(hi) && hi >= lo, "fds_calibrate: hi must be >= lo, got lo=", lo,
               " hi=", hi);
 }
 

@@ -315,3 +315,43 @@ def test_feature_balance_and_plot(tmp_path):
     ax = plot_feature_balance(v, bins, c)
     ax.figure.savefig(tmp_path / "fb.png")
     assert (tmp_path / "fb.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("use_ext", [True, False])
+@pytest.mark.parametrize("bad, exc, match", [
+    (dict(features=torch.zeros(3)), ValueError, "2-D"),
+    (dict(features=torch.zeros(3, 2, dtype=torch.int32)), TypeError, "features must be float"),
+    (dict(bin_index=torch.zeros(3)), TypeError, "integer"),
+    (dict(bin_index=torch.zeros(4, dtype=torch.long)), ValueError, r"shape \[N\] = \[3\]"),
+    (dict(var=torch.ones(2, 3)), ValueError, "var must have shape"),
+    (dict(smoothed_var=torch.ones(2, 2, dtype=torch.int64)), TypeError, "smoothed_var must be a float"),
+    (dict(lo=-1.0), ValueError, "lo must be finite"),
+    (dict(lo=2.0, hi=1.0), ValueError, "hi must be >= lo"),
+])
+def test_fds_calibrate_bad_input_same_on_kernel_and_fallback(monkeypatch, use_ext, bad, exc, match):
+    # one contract: the C++ checks and the fallback's torch._check raise the same errors
+    from ssir_fast import _extension
+    if not use_ext:
+        monkeypatch.setattr(_extension, "HAS_EXTENSION", False)
+    args = dict(features=torch.zeros(3, 2), bin_index=torch.zeros(3, dtype=torch.long),
+                mean=torch.zeros(2, 2), var=torch.ones(2, 2), smoothed_mean=torch.zeros(2, 2),
+                smoothed_var=torch.ones(2, 2), lo=0.1, hi=10.0)
+    args.update(bad)
+    with pytest.raises(exc, match=match):
+        fds_calibrate(**args)
+
+
+@pytest.mark.parametrize("use_ext", [True, False])
+def test_bin_feature_stats_bad_input_same_on_kernel_and_fallback(monkeypatch, use_ext):
+    from ssir_fast import _extension
+    if not use_ext:
+        monkeypatch.setattr(_extension, "HAS_EXTENSION", False)
+    f, idx = torch.zeros(3, 2), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match="num_bins must be >= 1"):
+        bin_feature_stats(f, idx, 0)
+    with pytest.raises(TypeError, match="num_bins must be an integer"):
+        bin_feature_stats(f, idx, 2.5)
+    with pytest.raises(ValueError, match="2-D"):
+        bin_feature_stats(torch.zeros(3), idx, 2)
+    with pytest.raises(TypeError, match="features must be float"):
+        bin_feature_stats(f.long(), idx, 2)

@@ -11,37 +11,41 @@ Outputs: count int64 [B], mean and var [B, C] in float32 (float64 for float64 fe
 Kernels: csrc/cpu/bin_feature_stats_cpu.cpp, csrc/cuda/bin_feature_stats_cuda.cu (deterministic,
 no atomics). Not differentiable (statistics are buffers).
 """
+import numbers
+
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import fake_check_float, require_float_dtype, require_tensor, use_kernel
+from ._common import fake_check_float, require_tensor, use_kernel
 
 __all__ = ["bin_feature_stats", "bin_feature_stats_torch", "check_bin_index"]
 
 
-def check_bin_index(bin_index, n, device, name="bin_index"):
-    """bin_index as an int64 [N] tensor on `device`, with a readable error otherwise."""
+def check_bin_index(bin_index, name="bin_index"):
+    """Conversion of bin_index to the int64 the kernels take (any integer dtype is accepted); its
+    shape and device are checked by the op (C++, or `_check_args` on the fallback)."""
     require_tensor(bin_index, name)
     if bin_index.dtype.is_floating_point or bin_index.dtype == torch.bool or bin_index.is_complex():
         raise TypeError(f"{name} must be an integer tensor, got {bin_index.dtype}")
-    if bin_index.dim() != 1 or bin_index.shape[0] != n:
-        raise ValueError(f"{name} must have shape [N] = [{n}], got {tuple(bin_index.shape)}")
-    if bin_index.device != device:
-        raise ValueError(f"{name} must be on the features' device {device}, got {bin_index.device}")
     return bin_index.long()
 
 
-def _check_features(features, name="features"):
-    require_tensor(features, name)
-    if features.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [N, C], got shape {tuple(features.shape)}")
-    require_float_dtype(features, name)
+def _check_args(features, bin_index, num_bins):
+    """check_stats_args of csrc/fds_common.h with torch._check (ValueError / TypeError as the C++
+    TORCH_CHECK_VALUE / _TYPE): for the fake kernel and the fallback."""
+    torch._check_value(features.dim() == 2, lambda: f"bin_feature_stats: features must be 2-D "
+                       f"[N, C], got shape {tuple(features.shape)}")
+    fake_check_float(features, "bin_feature_stats", "features")
+    check_index_shape(bin_index, features, "bin_feature_stats")
+    torch._check_value(num_bins >= 1, lambda: f"bin_feature_stats: num_bins must be >= 1, got {num_bins}")
 
 
-def _check_num_bins(num_bins):
-    if isinstance(num_bins, bool) or int(num_bins) != num_bins or num_bins < 1:
-        raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}")
-    return int(num_bins)
+def check_index_shape(bin_index, features, op):
+    n = features.shape[0]
+    torch._check_value(bin_index.dim() == 1 and bin_index.shape[0] == n, lambda: f"{op}: bin_index "
+                       f"must have shape [N] = [{n}], got {tuple(bin_index.shape)}")
+    torch._check_value(bin_index.device == features.device, lambda: f"{op}: bin_index must be on "
+                       f"features' device {features.device}, got {bin_index.device}")
 
 
 def bin_feature_stats(features, bin_index, num_bins, unbiased=True):
@@ -49,10 +53,13 @@ def bin_feature_stats(features, bin_index, num_bins, unbiased=True):
 
     Indices outside [0, num_bins) are ignored (use -1 to mask samples). `unbiased=False` gives
     the population variance M2 / n."""
-    _check_features(features)
-    idx = check_bin_index(bin_index, features.shape[0], features.device)
-    num_bins = _check_num_bins(num_bins)
+    require_tensor(features, "features")
+    idx = check_bin_index(bin_index)
+    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral):
+        raise TypeError(f"num_bins must be an integer, got {num_bins!r}")
+    num_bins = int(num_bins)
     if not use_kernel(features.device):
+        _check_args(features, idx, num_bins)
         return bin_feature_stats_torch(features, idx, num_bins, unbiased)
     return tuple(torch.ops.ssir_fast.bin_feature_stats.default(features.detach(), idx, num_bins,
                                                                bool(unbiased)))
@@ -92,12 +99,7 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("ssir_fast::bin_feature_stats")
     def _bin_feature_stats_fake(features, bin_index, num_bins, unbiased=True):
-        # the shape rules of csrc/fds_common.h check_stats_args, for traced calls
-        torch._check_value(features.dim() == 2, lambda: "bin_feature_stats: features must be 2-D [N, C]")
-        fake_check_float(features, "bin_feature_stats", "features")
-        torch._check_value(bin_index.shape == (features.shape[0],), lambda: f"bin_feature_stats: "
-                           f"bin_index must have shape [N] = [{features.shape[0]}]")
-        torch._check_value(num_bins >= 1, lambda: f"bin_feature_stats: num_bins must be >= 1, got {num_bins}")
+        _check_args(features, bin_index, num_bins)
         acc = torch.float64 if features.dtype == torch.float64 else torch.float32
         c = features.shape[1]
         return (features.new_empty((num_bins,), dtype=torch.long),

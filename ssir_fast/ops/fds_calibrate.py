@@ -19,8 +19,8 @@ import math
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import fake_check_float, require_float_dtype, require_tensor, use_kernel
-from .bin_feature_stats import check_bin_index
+from ._common import fake_check_float, require_tensor, use_kernel
+from .bin_feature_stats import check_bin_index, check_index_shape
 
 __all__ = ["fds_calibrate", "fds_calibrate_torch", "calibration_coefficients", "MIN_VAR_SUM"]
 
@@ -29,14 +29,27 @@ __all__ = ["fds_calibrate", "fds_calibrate_torch", "calibration_coefficients", "
 MIN_VAR_SUM = 1e-10
 
 
-def _check_stat(t, name, features, ref):
-    require_tensor(t, name)
-    if t.dim() != 2 or t.shape[1] != features.shape[1] or (ref is not None and t.shape != ref.shape):
-        want = f"{tuple(ref.shape)}" if ref is not None else f"[B, {features.shape[1]}]"
-        raise ValueError(f"{name} must have shape {want} ([num_bins, C]), got {tuple(t.shape)}")
-    if t.device != features.device:
-        raise ValueError(f"{name} must be on the features' device {features.device}, got {t.device}")
-    require_float_dtype(t, name)
+def _check_args(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo, hi):
+    """check_calibrate_args of csrc/fds_common.h with torch._check (ValueError / TypeError as the
+    C++ TORCH_CHECK_VALUE / _TYPE): for the fake kernel and the fallback."""
+    torch._check_value(features.dim() == 2, lambda: f"fds_calibrate: features must be 2-D [N, C], "
+                       f"got shape {tuple(features.shape)}")
+    fake_check_float(features, "fds_calibrate", "features")
+    check_index_shape(bin_index, features, "fds_calibrate")
+    c = features.shape[1]
+    for t, name in ((mean, "mean"), (var, "var"), (smoothed_mean, "smoothed_mean"),
+                    (smoothed_var, "smoothed_var")):
+        torch._check_value(t.dim() == 2 and t.shape[1] == c and t.shape == mean.shape,
+                           lambda: f"fds_calibrate: {name} must have shape [num_bins, C] with C = "
+                                   f"{c} and the shape of mean {tuple(mean.shape)}, got {tuple(t.shape)}")
+        torch._check_value(t.device == features.device, lambda: f"fds_calibrate: {name} must be on "
+                           f"features' device {features.device}, got {t.device}")
+        torch._check_type(t.dtype in (torch.float32, torch.float64), lambda: f"fds_calibrate: "
+                          f"{name} must be float32 or float64, got {t.dtype}")
+    torch._check_value(math.isfinite(lo) and lo >= 0,
+                       lambda: f"fds_calibrate: lo must be finite and >= 0, got {lo}")
+    torch._check_value(not math.isnan(hi) and hi >= lo,
+                       lambda: f"fds_calibrate: hi must be >= lo, got lo={lo} hi={hi}")
 
 
 def fds_calibrate(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo=0.1, hi=10.0):
@@ -49,21 +62,19 @@ def fds_calibrate(features, bin_index, mean, var, smoothed_mean, smoothed_var, l
         lo, hi: clamp of the variance ratio (SPEC: [0.1, 10] for age, [0.2, 5] for NYU).
     """
     require_tensor(features, "features")
-    if features.dim() != 2:
-        raise ValueError(f"features must be 2-D [N, C], got shape {tuple(features.shape)}")
-    require_float_dtype(features, "features")
-    idx = check_bin_index(bin_index, features.shape[0], features.device)
-    _check_stat(mean, "mean", features, None)
-    for t, name in ((var, "var"), (smoothed_mean, "smoothed_mean"), (smoothed_var, "smoothed_var")):
-        _check_stat(t, name, features, mean)
+    idx = check_bin_index(bin_index)
+    for t, name in ((mean, "mean"), (var, "var"), (smoothed_mean, "smoothed_mean"),
+                    (smoothed_var, "smoothed_var")):
+        require_tensor(t, name)
+        if not t.is_floating_point():  # before the conversion to float32/float64 below
+            raise TypeError(f"{name} must be a float tensor, got {t.dtype}")
     lo, hi = float(lo), float(hi)
-    if not (math.isfinite(lo) and lo >= 0) or math.isnan(hi) or hi < lo:
-        raise ValueError(f"need 0 <= lo <= hi with lo finite, got lo={lo} hi={hi}")
     stats = [t.detach().to(torch.float64 if t.dtype == torch.float64 else torch.float32)
              for t in (mean, var, smoothed_mean, smoothed_var)]
     if stats[0].dtype != stats[1].dtype or len({s.dtype for s in stats}) > 1:
         stats = [s.double() for s in stats]
     if not use_kernel(features.device):
+        _check_args(features, idx, mean, var, smoothed_mean, smoothed_var, lo, hi)
         return fds_calibrate_torch(features, idx, *stats, lo, hi)
     return torch.ops.ssir_fast.fds_calibrate.default(features, idx, *stats, lo, hi)
 
@@ -97,15 +108,7 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("ssir_fast::fds_calibrate")
     def _fds_calibrate_fake(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo, hi):
-        # the shape rules of csrc/fds_common.h check_calibrate_args, for traced calls
-        torch._check_value(features.dim() == 2, lambda: "fds_calibrate: features must be 2-D [N, C]")
-        fake_check_float(features, "fds_calibrate", "features")
-        torch._check_value(bin_index.shape == (features.shape[0],),
-                           lambda: f"fds_calibrate: bin_index must have shape [N] = [{features.shape[0]}]")
-        for t, name in ((mean, "mean"), (var, "var"), (smoothed_mean, "smoothed_mean"),
-                        (smoothed_var, "smoothed_var")):
-            torch._check_value(t.dim() == 2 and t.shape == mean.shape and t.shape[1] == features.shape[1],
-                               lambda: f"fds_calibrate: {name} must have shape [num_bins, C] as mean")
+        _check_args(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo, hi)
         return torch.empty_like(features, memory_format=torch.contiguous_format)
 
     def _setup_context(ctx, inputs, output):
