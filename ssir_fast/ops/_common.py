@@ -14,23 +14,6 @@ def require_tensor(value, name):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
 
 
-def require_float_dtype(t, name):
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
-
-
-def require_same(a, b, name_a, name_b):
-    if a.shape != b.shape:
-        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {name_a} "
-                         f"{tuple(a.shape)} and {name_b} {tuple(b.shape)}")
-    if a.dtype != b.dtype:
-        raise TypeError(f"{name_a} and {name_b} must have the same dtype, got {name_a} {a.dtype} "
-                        f"and {name_b} {b.dtype}")
-    if a.device != b.device:
-        raise ValueError(f"{name_a} and {name_b} must be on the same device, got {name_a} on "
-                         f"{a.device} and {name_b} on {b.device}")
-
-
 def require_finite_nonneg(value, name):
     v = float(value)
     if not math.isfinite(v) or v < 0:
