@@ -183,6 +183,20 @@ def test_epoch_left_half_way_leaks_nothing_torch(agedb):
     assert list(old) == []                     # the abandoned pass yields nothing more
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_leaves_the_global_rng_alone(agedb, workers):
+    # an exact --resume restarts the loader's stream where an uninterrupted run continues it;
+    # neither may consume the global torch RNG (SSIR's noise and dropout draw from it)
+    root, _ = agedb
+    ds = D.load_dataset("agedb", root=root, image_size=16)
+    ld = D.make_loader(ds, "train", 4, backend="torch", num_workers=workers)
+    state = torch.get_rng_state()
+    list(ld)
+    ld.set_epoch(5)
+    next(iter(ld))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def _epoch(ds, epoch, seed, bs):
     ref = D.make_loader(ds, "train", bs, backend="torch", num_workers=0, seed=seed)
     ref.set_epoch(epoch)

@@ -218,10 +218,14 @@ class TorchImageLoader(ImageLoaderBase):
             if self.num_workers > 0:
                 kwargs = {"prefetch_factor": self.prefetch, "persistent_workers": True,
                           "multiprocessing_context": _context(worker_start_method())}
+            # a private generator: starting a DataLoader iterator draws a seed from it, and a
+            # draw from the global RNG would make training depend on when the stream restarts
+            # (an exact --resume restarts it where an uninterrupted run does not)
             self._dl = torch.utils.data.DataLoader(
                 _Samples(self, normalise=self.device.type != "cuda"), batch_sampler=self._sampler,
                 num_workers=self.num_workers, collate_fn=_collate,
-                pin_memory=self.device.type == "cuda", **kwargs)
+                pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(self.seed), **kwargs)
         return self._dl
 
     def _start(self, epoch):
