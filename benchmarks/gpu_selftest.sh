@@ -8,8 +8,9 @@
 #      (depth 2e8 pixels and age, through bin_reduce_gpu_table below), bin_feature_stats and
 #      fds_calibrate at N = 65,536, C = 2,048;
 #   6. a table of every benchmark row, printed last.
-# Each stage has its own timeout (sum 570 s; estimates, the script has not run on a GPU yet), so a hang cannot eat the others' time; benchmark
-# rows are appended as each case finishes, so a stage cut by its timeout keeps what it measured.
+# Each stage has its own timeout (sum 570 s; estimates: the script has not run on a GPU yet), so
+# a hang cannot eat the others' time; benchmark rows are appended as each case finishes, so a
+# stage cut by its timeout keeps what it measured.
 # Results (logs, junit XML, JSON lines, summary.md) go under $OUT (default ./gpu-out).
 #
 #   OUT=/some/dir bash benchmarks/gpu_selftest.sh
