@@ -15,7 +15,9 @@ followed by the validation pass, as `ssir-fast train` does. Reported:
 - ``steady_img_s``: images/s of the epochs after the first, first batch excluded;
 - ``model_img_s``: the same Trainer's epoch loop (same model, batch, precision, method) fed one
   device-resident batch over and over: the step alone, measured in the same run;
-- ``feed_efficiency`` = steady_img_s / model_img_s (1.0: the loader costs nothing).
+- ``feed_efficiency`` = steady_img_s / model_img_s (1.0: the loader costs nothing);
+- ``loader_img_s``: one more epoch of the training loader alone (no model): when the feed
+  efficiency is short, this says whether decoding is the bound.
 
 CPU case: the 2-layer MLP with ``SSIR_E2E_CPU_WIDTH`` (64) hidden units (a step as fast as the
 loader), ``SSIR_E2E_CPU_WORKERS`` (2) workers, batch 64; on 2 cores the workers and the step
@@ -36,6 +38,7 @@ import pytest
 import torch
 
 from conftest import device_name, record
+from conftest import sync as sync_device
 
 EPOCHS = int(os.environ.get("SSIR_E2E_EPOCHS", 3))
 SIZE = int(os.environ.get("SSIR_E2E_SIZE", 256))
@@ -143,6 +146,11 @@ def run_case(data_root, backend, method, device, benchmark, tmp_path):
     later = recs[1:]
     steady = sum(n - bs for _ in later) / sum(r["epoch_time_s"] - r["first_batch_s"]
                                                for r in later)
+    # the loader alone, one epoch without the model: what bounds the feed when it is short
+    t0 = time.perf_counter()
+    n_read = sum(b[0].shape[0] for b in t.train_loader)
+    sync_device(t.device)
+    loader_only = n_read / (time.perf_counter() - t0)
     # the same epoch loop fed one batch already on the device: the model step alone
     batch = next(iter(t.train_loader))
     loader, t.train_loader = t.train_loader, _SameBatch(batch, max(4, len(t.train_loader)))
@@ -155,6 +163,7 @@ def run_case(data_root, backend, method, device, benchmark, tmp_path):
            "data": DATA, "stored_px": None if data_root is None else SIZE,
            "first_batch_s": first, "later_over_first": round(max(first[1:]) / first[0], 3),
            "steady_img_s": round(steady, 1), "model_img_s": round(model, 1),
+           "loader_img_s": round(loader_only, 1),
            "feed_efficiency": round(steady / model, 3),
            "epoch_img_s": [round(r["images_per_s"], 1) for r in recs]}
     benchmark.extra_info.update(fig)

@@ -76,11 +76,12 @@ python3 - "$SSIR_BENCH_RESULTS" > "$OUT/summary.md" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print("| backend | method | device | first batch s (epochs) | steady img/s | model-only img/s "
-      "| feed efficiency |\n|---|---|---|---|---|---|---|")
+      "| feed efficiency | loader-only img/s |\n|---|---|---|---|---|---|---|---|")
 for r in rows:
     if r["bench"].startswith("e2e"):
         print(f"| {r['backend']} | {r['method']} | {r['device']} | {r['first_batch_s']} | "
-              f"{r['steady_img_s']} | {r['model_img_s']} | {r['feed_efficiency']} |")
+              f"{r['steady_img_s']} | {r['model_img_s']} | {r['feed_efficiency']} | "
+              f"{r.get('loader_img_s')} |")
 EOF
 cat "$OUT/summary.md" | tee -a "$LOG"
 exit $status
