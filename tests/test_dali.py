@@ -190,8 +190,23 @@ def test_bad_files_raise_or_skip(tmp_path, kind):
 
 def test_decoder_failure_names_the_batch_files(tmp_path):
     ds = _bad_dataset(tmp_path, b"\xff\xd8" + bytes(range(256)) * 4 + b"\xff\xd9")
-    with pytest.raises(DataError, match=r"DALI failed on a batch .*bad\.jpg"):
-        list(D.make_loader(ds, "test", 2, backend="dali", num_workers=1))
+    ld = D.make_loader(ds, "test", 2, backend="dali", num_workers=1)
+    for _ in range(2):                   # the broken pipeline is dropped, the next pass rebuilds
+        with pytest.raises(DataError, match=r"DALI failed on a batch .*bad\.jpg"):
+            list(ld)
+    assert ld._it is None
+
+
+def test_close_stops_the_pipeline_and_removes_its_epoch_table(agedb):
+    ld = D.make_loader(agedb, "val", 2, backend="dali", num_workers=1)
+    first = list(ld)
+    path = ld._table.path
+    assert os.path.exists(path)
+    ld.close()
+    import gc
+    gc.collect()
+    assert ld._it is None and not os.path.exists(path)
+    assert_same_batches(list(ld), first)                      # a later pass builds a new one
 
 
 @gpu
