@@ -225,6 +225,21 @@ def test_workers_send_uint8_for_cuda_and_the_device_normalises(agedb):
                                rows_of(rows, "test")[0][1])), atol=1e-6)
 
 
+def test_uint8_batches_through_the_workers_equal_float_ones(agedb):
+    # the CUDA path (uint8 from the workers, first batch joined from chunks, normalised by
+    # `_finish`) run on the CPU, against the CPU path (float32 from the workers)
+    root, _ = agedb
+    ds = D.load_dataset("agedb", root=root, image_size=16)
+    a = D.make_loader(ds, "train", 5, backend="torch", num_workers=2, seed=9)
+    b = D.make_loader(ds, "train", 5, backend="torch", num_workers=2, seed=9)
+    b.uint8_batches = True
+    for _ in range(2):
+        for u, v in zip(list(a), list(b)):
+            assert u[0].dtype == v[0].dtype == torch.float32
+            assert all(torch.equal(s, t) for s, t in zip(u, v))
+    assert b._dl.dataset.normalise is False and a._dl.dataset.normalise is True
+
+
 SCRIPT = """
 import sys, warnings
 warnings.simplefilter("always")

@@ -209,6 +209,8 @@ class TorchImageLoader(ImageLoaderBase):
         self._sampler = _EpochBatches(self._plan, self.batch_size, self.num_workers)
         self._pending = None     # (epoch key, stream epoch, iterator) of the pass streamed next
         self._pass = 0           # pass counter: a generator left behind by a newer pass stops
+        # uint8 batches normalised on the device (CUDA), or float32 ones from the workers (CPU)
+        self.uint8_batches = self.device.type == "cuda"
 
     def _dataloader(self):
         if self._dl is None:
@@ -222,7 +224,7 @@ class TorchImageLoader(ImageLoaderBase):
             # draw from the global RNG would make training depend on when the stream restarts
             # (an exact --resume restarts it where an uninterrupted run does not)
             self._dl = torch.utils.data.DataLoader(
-                _Samples(self, normalise=self.device.type != "cuda"), batch_sampler=self._sampler,
+                _Samples(self, normalise=not self.uint8_batches), batch_sampler=self._sampler,
                 num_workers=self.num_workers, collate_fn=_collate,
                 pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(self.seed), **kwargs)
