@@ -249,3 +249,41 @@ def test_mixed_gpu_one_pipeline_half_way_and_no_host_sync(agedb):
     assert (torch.cat([b[0].cpu() for b in got]) - cat(cpu, 0)).abs().mean() <= \
         D.TEST_TOLERANCE["gpu_mean_abs"]
     assert len(first) == len(got)
+
+
+def _graph(ld, device_id, parallel):
+    from ssir_fast.data.dali_loader import _BatchSource, _EpochTable, build_pipeline
+    pipe = build_pipeline(ld, _BatchSource(ld, _EpochTable()), device_id, parallel=parallel)
+    pipe._build_graph()                  # the operator graph only: needs no GPU
+    devices = {}
+    for op in pipe._ops:                 # "__Resize_5" -> "Resize": devices of its outputs
+        devices.setdefault(op.name.split("_")[-2], set()).update(
+            op.spec.OutputDevice(i) for i in range(op.spec.NumOutput()))
+    return devices, [o.device for o in pipe._graph_outputs]
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_gpu_pipeline_decodes_mixed_and_stays_on_the_gpu(agedb, tmp_path, parallel):
+    # the same pipeline definition for both devices, checked as a graph on any machine
+    ld = D.make_loader(agedb, "train", 2, backend="dali", num_workers=1)
+    ops, outs = _graph(ld, 0, parallel)
+    assert ops["ExternalSource"] == {"cpu"}                  # files, positions, draws
+    for name in ("Image", "Resize", "Slice", "CropMirrorNormalize"):
+        assert ops[name] == {"gpu"}, name                    # decoder "mixed", then all GPU
+    assert outs == ["gpu", "cpu"]                            # images, positions
+    ops, outs = _graph(ld, None, parallel)
+    assert all(d == {"cpu"} for d in ops.values()) and outs == ["cpu", "cpu"]
+    write_nyud2(str(tmp_path), n_train=2, n_test=2, size=16)
+    depth = D.load_dataset("nyud2", root=str(tmp_path), image_size=16)
+    ops, outs = _graph(D.make_loader(depth, "test", 2, backend="dali", num_workers=1), 0, parallel)
+    assert outs == ["gpu", "cpu", "gpu", "gpu"]              # images, positions, depth, mask
+
+
+def test_in_process_source_fallback(agedb, monkeypatch):
+    # what a script without a __main__ guard gets once CUDA is initialised: no source workers
+    import ssir_fast.data.dali_loader as DL
+    monkeypatch.setattr(DL, "_workers_mode", lambda forced=None: (False, None))
+    ld = D.make_loader(agedb, "train", 4, backend="dali", num_workers=2, seed=6)
+    for epoch in range(2):
+        assert_same_batches(list(ld), torch_epoch(agedb, "train", epoch, 4, seed=6))
+    assert ld._it._pipes[0]._py_pool is None

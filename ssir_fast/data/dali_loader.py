@@ -240,11 +240,11 @@ def build_pipeline(loader, source, device_id, parallel=True, start_method="spawn
                   exec_dynamic=True, **extra)
     def pipe():
         spec = _columns(loader)
+        ahead = {"prefetch_queue_depth": max(2, py_workers)} if parallel else {}
         outs = fn.external_source(source=source, num_outputs=len(spec), batch=True,
                                   batch_info=True, parallel=parallel,
-                                  prefetch_queue_depth=max(2, py_workers),
                                   dtype=[getattr(types, t) for _, t, _ in spec],
-                                  layout=[lay for _, _, lay in spec])
+                                  layout=[lay for _, _, lay in spec], **ahead)
         node = dict(zip([name for name, _, _ in spec], outs))
         img = fn.decoders.image(node["encoded"], device="mixed" if gpu else "cpu",
                                 output_type=types.RGB)
