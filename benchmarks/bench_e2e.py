@@ -37,8 +37,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import device_name, record
-from conftest import sync as sync_device
+from harness import device_name, record
+from harness import sync as sync_device
 
 EPOCHS = int(os.environ.get("SSIR_E2E_EPOCHS", 3))
 SIZE = int(os.environ.get("SSIR_E2E_SIZE", 256))
@@ -167,7 +167,7 @@ def run_case(data_root, backend, method, device, benchmark, tmp_path):
            "feed_efficiency": round(steady / model, 3),
            "epoch_img_s": [round(r["images_per_s"], 1) for r in recs]}
     benchmark.extra_info.update(fig)
-    record(f"e2e_{device}", **fig)
+    record({"bench": f"e2e_{device}", **fig})
     for ld in [t.train_loader, *t.loaders.values()]:
         ld.close()
     return fig

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import ssir_fast.data as D
-from conftest import device_name, record
+from harness import device_name, record
 
 THREADS = int(os.environ.get("SSIR_BENCH_LOADER_THREADS", min(8, os.cpu_count() or 1)))
 N_TRAIN = int(os.environ.get("SSIR_BENCH_LOADER_N", 1024))
@@ -55,9 +55,10 @@ def compare(ds, device, benchmark, name):
     ratio = best["dali"] / best["torch"]
     benchmark.extra_info.update({"dali_img_s": best["dali"], "torch_img_s": best["torch"],
                                  "ratio": ratio, "threads": THREADS})
-    record(name, device=device_name(device), threads=THREADS, n_images=len(ds.split("train")),
-           batch=BATCH, size=224, dali_img_s=round(best["dali"], 1),
-           torch_img_s=round(best["torch"], 1), dali_over_torch=round(ratio, 3))
+    record(dict(bench=name, device=device_name(device), threads=THREADS,
+                n_images=len(ds.split("train")), batch=BATCH, size=224,
+                dali_img_s=round(best["dali"], 1), torch_img_s=round(best["torch"], 1),
+                dali_over_torch=round(ratio, 3)))
 
 
 def test_loader_dali_cpu_vs_torch(benchmark, default224):
