@@ -10,6 +10,11 @@ the same group metrics (all / many / medium / few) from the same tensors; ratios
 same run. GB/s counts the bytes the op must read (pred + target [+ mask]) per second of a call;
 the copy probe counts read + write of one copy. `run_gpu_selftest()` is the same comparison on
 the GPU for the GPU self-test script (op vs torch.bincount and vs copy bandwidth).
+
+Every case is timed once through `harness.Bench`: the op (through BinnedMetrics) is the case
+pytest-benchmark reports, the bincount and numpy-loop baselines are further cases of the same
+bench, one row each in benchmarks/results.jsonl. The numpy loop (host code, by far the slowest) and
+the bincount baseline are timed once each (SSIR_BENCH_METRICS_REPEATS, default 5, for the op).
 """
 import os
 
@@ -17,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import copy_bandwidth, device_name, median_time, record
+from harness import Bench, copy_bandwidth
 from ssir_fast.imbalance import LabelBins
 from ssir_fast.metrics import BinnedMetrics
 from ssir_fast.ops.bin_reduce import bin_reduce_torch
@@ -25,6 +30,8 @@ from ssir_fast.reference import dir_shot_metrics_numpy
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DEPTH_PIXELS = int(float(os.environ.get("SSIR_BENCH_DEPTH_PIXELS", 2e8)))
+AGE_N = int(float(os.environ.get("SSIR_BENCH_AGE_N", 1e7)))  # the age_1e7 case's size
+REPEATS = int(os.environ.get("SSIR_BENCH_METRICS_REPEATS", "5"))
 H, W = 480, 640
 
 
@@ -32,7 +39,7 @@ def make_case(name, device):
     """(pred, target, train_labels, bins, depth) for a case, generated on `device`."""
     g = torch.Generator(device=device).manual_seed(0)
     if name == "age_1e7":
-        n = 10 ** 7
+        n = AGE_N
         y = torch.round(torch.rand(n, generator=g, device=device) ** 2 * 100)
         pred = y + 6 * torch.randn(n, generator=g, device=device)
         rng = np.random.default_rng(0)
@@ -78,22 +85,19 @@ def test_metrics_speed(benchmark, device, case):
     for g in ("all", "many", "medium", "few"):
         assert a[g]["mae"] == pytest.approx(b[g]["mae"], rel=1e-5), g
 
-    t_ours = median_time(ours, device)
-    t_bincount = median_time(bincount, device, repeats=1)
+    b = Bench(benchmark, f"metrics/{case}/{device}", device, elements=n)
+    t_ours = b.case("ssir_fast", ours, repeats=REPEATS).median
+    t_bincount = b.case("bincount", bincount, repeats=1).median
     t_numpy = None
     if device == "cpu":  # the numpy loop is host code: timed once, it is by far the slowest
-        t_numpy = median_time(numpy_loop, device, repeats=1, warmup=0)
+        t_numpy = b.case("numpy_loop", numpy_loop, repeats=1, warmup=0).median
     nbytes = 2 * n * pred.element_size()
     copy = copy_bandwidth(256 * 2 ** 20 if device == "cpu" else 2 ** 30, device)
     gbps = nbytes / t_ours / 1e9
-    row = dict(case=case, device=device, device_name=device_name(device), n=n,
-               ours_s=t_ours, bincount_s=t_bincount, numpy_loop_s=t_numpy,
-               speedup_vs_bincount=t_bincount / t_ours,
-               speedup_vs_numpy_loop=None if t_numpy is None else t_numpy / t_ours,
-               gbps=gbps, copy_gbps=copy, fraction_of_copy=gbps / copy)
-    record("metrics", **row)
-    benchmark.extra_info.update(row)
-    benchmark.pedantic(ours, rounds=1, iterations=1)
+    b.finish(ours_s=t_ours, bincount_s=t_bincount, numpy_loop_s=t_numpy,
+             speedup_vs_bincount=t_bincount / t_ours,
+             speedup_vs_numpy_loop=None if t_numpy is None else t_numpy / t_ours,
+             gbps=gbps, copy_gbps=copy, fraction_of_copy=gbps / copy)
     del pred, y
 
 
@@ -115,17 +119,15 @@ def run_gpu_selftest(pixels=2 * 10 ** 8):
     gpu_check = bin_reduce(pred[:2], y[:2], 0.7, 0.1, 93).cpu()
     np.testing.assert_allclose(gpu_check.numpy(), cpu_check.numpy(), rtol=1e-5, atol=1)
     op_only = lambda: bin_reduce(pred, y, 0.7, 0.1, 93, allow_nonfinite=True)  # noqa: E731
-    t_op = median_time(op_only, device, repeats=5)
-    t_ours = median_time(ours, device, repeats=5)
-    t_bincount = median_time(bincount, device, repeats=3)
+    b = Bench(None, "metrics_gpu/depth_gpu_selftest", device, elements=pred.numel())
+    t_op = b.case("op", op_only, repeats=5).median
+    t_ours = b.case("ssir_fast", ours, repeats=5).median
+    t_bincount = b.case("bincount", bincount, repeats=3).median
     copy = copy_bandwidth(2 ** 30, device)
     nbytes = 2 * pred.numel() * pred.element_size()
-    row = dict(case="depth_gpu_selftest", device=device, device_name=device_name(device),
-               n=pred.numel(), op_s=t_op, metrics_s=t_ours, bincount_s=t_bincount,
-               speedup_vs_bincount=t_bincount / t_ours, gbps=nbytes / t_op / 1e9,
-               copy_gbps=copy, fraction_of_copy=nbytes / t_op / 1e9 / copy)
-    record("metrics_gpu", **row)
-    rows = [row]
+    rows = b.finish(op_s=t_op, metrics_s=t_ours, bincount_s=t_bincount,
+                    speedup_vs_bincount=t_bincount / t_ours, gbps=nbytes / t_op / 1e9,
+                    copy_gbps=copy, fraction_of_copy=nbytes / t_op / 1e9 / copy)
     # issue 10's bin_reduce goal cases, the op alone: depth (coherent, 93 bins) and age (random
     # order, 121 bins), each with and without a mask, as a fraction of copy bandwidth
     g = torch.Generator(device=device).manual_seed(1)
@@ -136,14 +138,13 @@ def run_gpu_selftest(pixels=2 * 10 ** 8):
              ("age", p_age, y_age, 0.0, 1.0, 121))
     for name, pp, yy, y0, w, nb in cases:
         for m in (None, mask):
-            t = median_time(lambda: bin_reduce(pp, yy, y0, w, nb, mask=m, allow_nonfinite=True),
-                            device, repeats=5)
+            label = f"bin_reduce_{name}" + ("_mask" if m is not None else "")
+            b = Bench(None, f"bin_reduce_gpu/{label}", device, elements=pp.numel())
+            t = b.case("op", lambda: bin_reduce(pp, yy, y0, w, nb, mask=m, allow_nonfinite=True),
+                       repeats=5).median
             nbytes = 2 * pp.numel() * pp.element_size() + (0 if m is None else m.numel())
-            r = dict(case=f"bin_reduce_{name}" + ("_mask" if m is not None else ""), device=device,
-                     device_name=device_name(device), n=pp.numel(), op_s=t,
-                     gbps=nbytes / t / 1e9, copy_gbps=copy, fraction_of_copy=nbytes / t / 1e9 / copy)
-            record("bin_reduce_gpu", **r)
-            rows.append(r)
+            rows += b.finish(op_s=t, gbps=nbytes / t / 1e9, copy_gbps=copy,
+                             fraction_of_copy=nbytes / t / 1e9 / copy)
     return rows
 
 

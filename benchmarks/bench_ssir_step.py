@@ -3,9 +3,11 @@ Algorithm 1) step, and the pass floor of exact SSIR.
 
     pytest benchmarks/bench_ssir_step.py --benchmark-only -s
 
-Providers, timed round robin in the same process (the machine's load hits them alike; each figure
-is the median over SSIR_BENCH_ROUNDS rounds, default 7, and the fastest round, the one least
-disturbed by other jobs; one CPU thread):
+Providers, timed round robin in the same process through `harness.Bench.cases` (the machine's
+load hits them alike; each figure is the median over SSIR_BENCH_ROUNDS rounds, default 7, after
+one warm-up round, and the fastest round, the one least disturbed by other jobs; one CPU thread;
+one row per provider and per pass in benchmarks/results.jsonl, the exact step is the case
+pytest-benchmark reports):
 - vanilla: forward + weighted L1 + backward;
 - exact: `SSIRLoss` (2 steps, the paper's Algorithm 1), and `naive`: the literal transcription;
 - fast modes: n_steps=1; subset=0.5 (consistency on half the batch, rarity-weighted draw); bf16
@@ -23,14 +25,12 @@ naive. Model: a small CNN with BatchNorm on CPU (batch 128 x 3 x 32 x 32); ResNe
 batch SSIR_BENCH_BATCH (default 64), bf16 autocast on a GPU when torchvision is installed.
 """
 import os
-import statistics
-import time
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import device_name, median_time, record, sync
+from harness import Bench
 from ssir_fast import SSIRLoss
 from ssir_fast.imbalance import LabelBins
 from ssir_fast.losses import weighted_l1
@@ -76,51 +76,24 @@ def setup_case(device):
     return model.train(), x, y, amp
 
 
-def pass_times(model, x, y, amp, device):
-    """Time each kind of pass SSIR needs, in isolation, on this model and batch."""
+def pass_times(bench, model, x, y, amp):
+    """Time each kind of pass SSIR needs, in isolation, on this model and batch (cases "forward",
+    "input_backward" and "full_backward" of `bench`); returns their medians."""
     x_req = x.detach().requires_grad_(True)
 
     def fwd():
         with amp:
             return model(x_req)
 
-    t_fwd = median_time(fwd, device)
+    def loss():
+        return weighted_l1(fwd().float().squeeze(1), y)
 
-    def timed_backward(input_only):
-        ts = []
-        for _ in range(5):
-            out = fwd()
-            loss = weighted_l1(out.float().squeeze(1), y)
-            sync(device)
-            t0 = time.perf_counter()
-            if input_only:
-                torch.autograd.grad(loss, x_req)
-            else:
-                loss.backward()
-            sync(device)
-            ts.append(time.perf_counter() - t0)
-        model.zero_grad(set_to_none=True)
-        return sorted(ts)[2]
-
-    timed_backward(True)  # warm-up
-    return t_fwd, timed_backward(True), timed_backward(False)
-
-
-def round_robin(providers, device, rounds=ROUNDS):
-    """(median, min) seconds per provider, the providers called in turn each round (after one
-    warm-up). The min is the call least disturbed by other jobs on a shared machine."""
-    for fn in providers.values():
-        fn()
-    times = {name: [] for name in providers}
-    for _ in range(rounds):
-        for name, fn in providers.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return ({name: statistics.median(ts) for name, ts in times.items()},
-            {name: min(ts) for name, ts in times.items()})
+    t_fwd = bench.case("forward", fwd, repeats=5).median
+    t_in = bench.case("input_backward", loss, mode="backward", repeats=5,
+                      grad_inputs=(x_req,)).median
+    t_full = bench.case("full_backward", loss, mode="backward", repeats=5, warmup=0).median
+    model.zero_grad(set_to_none=True)
+    return t_fwd, t_in, t_full
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -151,12 +124,15 @@ def test_ssir_step(benchmark, device):
 
     common = dict(bin_width=1.0, epsilon=1e-3, lam=0.1, bins=bins, bin_counts=counts)
     exact = ssir_step(SSIRLoss(**common))
-    providers = {"vanilla": vanilla, "exact": exact, "naive": naive}
+    providers = {"exact": exact, "vanilla": vanilla, "naive": naive}
     providers.update({name: ssir_step(SSIRLoss(**common, **kw)) for name, kw in FAST_MODES.items()})
-    t, best = round_robin(providers, device)
-    t_fwd, t_in_bwd, t_full_bwd = pass_times(model, x, y, amp, device)
+    b = Bench(benchmark, f"ssir_step/{device}", device, batch=list(x.shape))
+    ts = b.cases(providers, repeats=ROUNDS, warmup=1)
+    t = {name: ts[name].median for name in providers}
+    best = {name: ts[name].min for name in providers}
+    t_fwd, t_in_bwd, t_full_bwd = pass_times(b, model, x, y, amp)
     floor = 3 * t_fwd + 2 * t_in_bwd + 2 * t_full_bwd
-    fields = dict(device=device_name(device), batch=list(x.shape), rounds=ROUNDS,
+    fields = dict(rounds=ROUNDS,
                   **{f"{name}_ms": v * 1e3 for name, v in t.items()},
                   forward_ms=t_fwd * 1e3, input_backward_ms=t_in_bwd * 1e3,
                   full_backward_ms=t_full_bwd * 1e3, floor_ms=floor * 1e3,
@@ -168,6 +144,4 @@ def test_ssir_step(benchmark, device):
                   naive_over_exact=t["naive"] / t["exact"],
                   images_per_s_vanilla=x.shape[0] / t["vanilla"],
                   images_per_s_exact=x.shape[0] / t["exact"])
-    record(f"ssir_step/{device}", **fields)
-    benchmark.extra_info.update(fields)
-    benchmark.pedantic(exact, rounds=3, iterations=1, warmup_rounds=1)
+    b.finish(**fields)

@@ -6,26 +6,33 @@ ssir_fast.resample.smogn vs the PyPI `smogn` package. Every ratio is measured in
 bin_feature_stats and fds_calibrate: features [N, 2048] float32, 100 bins, N = 256 .. 65536.
 GB/s counts the minimum traffic (stats: read the features once; calibrate: read once, write once)
 and is compared with a copy-bandwidth probe of the same size measured in this run.
+The backward of fds_calibrate (w.r.t. the features; the op with zero means, 2 passes) is timed
+against autograd through the eager version, alone ("backward") and with the forward ("full").
 SMOGN: 5,000 x 10 rows (9 features + a skewed target); the PyPI package (O(n^2) Python loops) is
-timed once (pedantic, 1 round).
+timed once.
+
+Every case is timed once through `harness.Bench`, round robin within a test, one row per case in
+benchmarks/results.jsonl; the op's case is the one pytest-benchmark reports. The ratios and GB/s
+use the fastest call of each case (best-of: the shared machine is noisy); the rows also carry
+medians and quartiles. SSIR_BENCH_TOOLKIT_SIZES (default "256,4096,65536") sets N and
+SSIR_BENCH_SMOGN_ROWS (default 5000) the SMOGN rows, e.g. for a short smoke run.
 """
 import os
 import random
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import best_time, copy_bandwidth, device_name, record
+from harness import Bench, copy_bandwidth
 from ssir_fast.ops import bin_feature_stats, fds_calibrate
 from ssir_fast.ops.bin_feature_stats import bin_feature_stats_torch
 from ssir_fast.ops.fds_calibrate import fds_calibrate_torch
 from ssir_fast.resample import smogn
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-SIZES = [256, 4096, 65536]
+SIZES = [int(n) for n in os.environ.get("SSIR_BENCH_TOOLKIT_SIZES", "256,4096,65536").split(",")]
 C, B = 2048, 100
 
 
@@ -63,20 +70,13 @@ def loop_calibrate(f, idx, mean, var, smean, svar, lo, hi):
 @pytest.mark.parametrize("n", SIZES)
 def test_bin_feature_stats_speed(benchmark, device, n):
     f, idx = _inputs(n, device)
-    ours = lambda: bin_feature_stats(f, idx, B)  # noqa: E731
-    reps = 10 if n <= 4096 else 3  # best-of: the shared machine is noisy
-    t_loop = best_time(lambda: loop_stats(f, idx, B), device, repeats=reps)
-    t_eager = best_time(lambda: bin_feature_stats_torch(f, idx, B), device, repeats=reps)
-    t_ours = best_time(ours, device, repeats=reps + 2)
-    benchmark.pedantic(ours, rounds=3, iterations=1, warmup_rounds=1)
+    b = Bench(benchmark, f"bin_feature_stats/{n}/{device}", device, n_rows=n, c=C, bins=B)
+    ts = b.cases({"ssir_fast": lambda: bin_feature_stats(f, idx, B),
+                  "loop": lambda: loop_stats(f, idx, B),
+                  "eager": lambda: bin_feature_stats_torch(f, idx, B)},
+                 repeats=_reps(n), warmup=1)
     nbytes = f.numel() * 4
-    copy = copy_bandwidth(nbytes, device)
-    row = dict(device=device_name(device), n=n, c=C, bins=B, t_ours_ms=t_ours * 1e3,
-               t_loop_ms=t_loop * 1e3, t_eager_ms=t_eager * 1e3,
-               speedup_vs_loop=t_loop / t_ours, speedup_vs_eager=t_eager / t_ours,
-               gbps=nbytes / t_ours / 1e9, copy_gbps=copy)
-    benchmark.extra_info.update(row)
-    record("bin_feature_stats", **row)
+    b.finish(**_figures(ts, nbytes, copy_bandwidth(nbytes, device)))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -86,25 +86,55 @@ def test_fds_calibrate_speed(benchmark, device, n):
     _, mean, var = bin_feature_stats(f, idx, B)
     var = var + 0.1
     smean, svar = mean * 0.9, var * 1.5
-    ours = lambda: fds_calibrate(f, idx, mean, var, smean, svar, 0.1, 10.0)  # noqa: E731
-    reps = 10 if n <= 4096 else 3  # best-of: the shared machine is noisy
-    t_loop = best_time(lambda: loop_calibrate(f, idx, mean, var, smean, svar, 0.1, 10.0), device,
-                       repeats=reps)
-    t_eager = best_time(lambda: fds_calibrate_torch(f, idx, mean, var, smean, svar, 0.1, 10.0),
-                        device, repeats=reps)
-    t_ours = best_time(ours, device, repeats=reps + 2)
-    benchmark.pedantic(ours, rounds=3, iterations=1, warmup_rounds=1)
+    b = Bench(benchmark, f"fds_calibrate/{n}/{device}", device, n_rows=n, c=C, bins=B)
+    ts = b.cases({"ssir_fast": lambda: fds_calibrate(f, idx, mean, var, smean, svar, 0.1, 10.0),
+                  "loop": lambda: loop_calibrate(f, idx, mean, var, smean, svar, 0.1, 10.0),
+                  "eager": lambda: fds_calibrate_torch(f, idx, mean, var, smean, svar, 0.1, 10.0)},
+                 repeats=_reps(n), warmup=1)
+    b.finish(**_figures(ts, 2 * f.numel() * 4, copy_bandwidth(f.numel() * 4, device)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", SIZES)
+def test_fds_calibrate_backward_speed(benchmark, device, n):
+    """Gradient w.r.t. the features: the op's backward (the fused op with zero means) vs autograd
+    through fds_calibrate_torch; "backward" alone, then "full" (forward + backward)."""
+    f, idx = _inputs(n, device)
+    _, mean, var = bin_feature_stats(f, idx, B)
+    var = var + 0.1
+    smean, svar = mean * 0.9, var * 1.5
+    fr = f.requires_grad_(True)
+    ours = lambda: fds_calibrate(fr, idx, mean, var, smean, svar, 0.1, 10.0)  # noqa: E731
+    eager = lambda: fds_calibrate_torch(fr, idx, mean, var, smean, svar, 0.1, 10.0)  # noqa: E731
+    b = Bench(benchmark, f"fds_calibrate_backward/{n}/{device}", device, n_rows=n, c=C, bins=B)
+    reps = _reps(n)
+    bwd = b.cases({"ssir_fast": ours, "eager": eager}, mode="backward", repeats=reps, warmup=1,
+                  grad_inputs=(fr,))
+    full = b.cases({"ssir_fast full": ours, "eager full": eager}, mode="full", repeats=reps,
+                   warmup=1, grad_inputs=(fr,))
+    t_ours, t_eager = bwd["ssir_fast"].min, bwd["eager"].min
     nbytes = 2 * f.numel() * 4
     copy = copy_bandwidth(f.numel() * 4, device)
-    row = dict(device=device_name(device), n=n, c=C, bins=B, t_ours_ms=t_ours * 1e3,
-               t_loop_ms=t_loop * 1e3, t_eager_ms=t_eager * 1e3,
-               speedup_vs_loop=t_loop / t_ours, speedup_vs_eager=t_eager / t_ours,
-               gbps=nbytes / t_ours / 1e9, copy_gbps=copy)
-    benchmark.extra_info.update(row)
-    record("fds_calibrate", **row)
+    b.finish(t_ours_ms=t_ours * 1e3, t_eager_ms=t_eager * 1e3, speedup_vs_eager=t_eager / t_ours,
+             gbps=nbytes / t_ours / 1e9, copy_gbps=copy,
+             full_ours_ms=full["ssir_fast full"].min * 1e3,
+             full_eager_ms=full["eager full"].min * 1e3,
+             full_speedup_vs_eager=full["eager full"].min / full["ssir_fast full"].min)
 
 
-def _smogn_data(n=5000, d=9, seed=0):
+def _reps(n):
+    return 10 if n <= 4096 else 3  # best-of: the shared machine is noisy
+
+
+def _figures(ts, nbytes, copy):
+    """Best-of figures of the op vs the loop and eager baselines (the same run)."""
+    t_ours, t_loop, t_eager = ts["ssir_fast"].min, ts["loop"].min, ts["eager"].min
+    return dict(t_ours_ms=t_ours * 1e3, t_loop_ms=t_loop * 1e3, t_eager_ms=t_eager * 1e3,
+                speedup_vs_loop=t_loop / t_ours, speedup_vs_eager=t_eager / t_ours,
+                gbps=nbytes / t_ours / 1e9, copy_gbps=copy)
+
+
+def _smogn_data(n=int(os.environ.get("SSIR_BENCH_SMOGN_ROWS", "5000")), d=9, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, d))
     y = np.exp(0.6 * X[:, 0] + 0.3 * X[:, 1] + 0.2 * rng.normal(size=n)) * 10  # skewed, high tail
@@ -113,11 +143,10 @@ def _smogn_data(n=5000, d=9, seed=0):
 
 def test_smogn_speed(benchmark):
     X, y = _smogn_data()
-    t_ours = best_time(lambda: smogn(X, y, seed=0), "cpu", repeats=3)
-    benchmark.pedantic(lambda: smogn(X, y, seed=0), rounds=3, iterations=1)
+    b = Bench(benchmark, "smogn", "cpu", rows=len(y), cols=X.shape[1] + 1)
+    t_ours = b.case("ssir_fast", lambda: smogn(X, y, seed=0), repeats=3, warmup=1).min
     Xn, yn, info = smogn(X, y, seed=0, return_info=True)
-    row = dict(device=device_name("cpu"), rows=len(y), cols=X.shape[1] + 1, t_ours_s=t_ours,
-               synthetic=int(info["synthetic"].sum()), out_rows=len(yn))
+    row = dict(t_ours_s=t_ours, synthetic=int(info["synthetic"].sum()), out_rows=len(yn))
     if os.environ.get("SSIR_BENCH_SKIP_PYPI_SMOGN", "0") == "0":
         sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
         from _smogn_compat import patch_smogn
@@ -127,9 +156,8 @@ def test_smogn_speed(benchmark):
         df = pd.DataFrame(np.column_stack([X, y]), columns=[f"x{i}" for i in range(X.shape[1])] + ["y"])
         np.random.seed(0)
         random.seed(0)
-        t0 = time.perf_counter()
-        out = pypi.smoter(data=df, y="y")  # once: minutes
-        t_ref = time.perf_counter() - t0
-        row.update(t_pypi_s=t_ref, pypi_out_rows=len(out), speedup_vs_pypi=t_ref / t_ours)
-    benchmark.extra_info.update(row)
-    record("smogn", **row)
+        out = []
+        t_ref = b.case("pypi_smogn", lambda: out.append(pypi.smoter(data=df, y="y")),
+                       repeats=1, warmup=0).min  # once: minutes
+        row.update(t_pypi_s=t_ref, pypi_out_rows=len(out[0]), speedup_vs_pypi=t_ref / t_ours)
+    b.finish(**row)

@@ -4,10 +4,11 @@
 #   2. every CUDA test (-k cuda), without -x, so that every failure is reported;
 #   3. the rest of the test suite (together with 2: the whole suite), without -x;
 #   4. compute-sanitizer memcheck over benchmarks/ops_sanitizer.py (every op, odd sizes, NaN);
-#   5. GPU benchmarks: copy-bandwidth probe, perturb for every bound kind and dtype, bin_reduce
-#      (depth 2e8 pixels and age, through bin_reduce_gpu_table below), bin_feature_stats and
-#      fds_calibrate at N = 65,536, C = 2,048;
-#   6. a table of every benchmark row, printed last.
+#   5. GPU benchmarks (benchmarks/harness.py: one row per case): perturb for every bound kind and
+#      dtype and its backward, bin_reduce (depth 2e8 pixels and age, through run_gpu_selftest in
+#      bench_metrics.py), bin_feature_stats and fds_calibrate (and its backward) at N = 65,536,
+#      C = 2,048, each against its baselines and a copy-bandwidth probe of the same run;
+#   6. a table of every benchmark row (case = ssir_fast or a baseline), printed last.
 # Each stage has its own timeout (sum 570 s; estimates: the script has not run on a GPU yet), so
 # a hang cannot eat the others' time; benchmark rows are appended as each case finishes, so a
 # stage cut by its timeout keeps what it measured.
@@ -68,7 +69,8 @@ log "summary"
 "$PY" - "$SSIR_BENCH_RESULTS" > "$OUT/summary.md" <<'PYEOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-keys = ("case", "shape", "dtype", "bounds", "n", "ours_ms", "op_s", "speedup_vs_eager",
+keys = ("case", "mode", "median_ms", "shape", "dtype", "bounds", "elements", "n_rows", "ours_ms",
+        "op_s", "speedup_vs_eager",
         "speedup_vs_compiled", "speedup_vs_bincount", "speedup_vs_loop", "gbps", "copy_gbps",
         "fraction_of_copy")
 print("| benchmark | " + " | ".join(keys) + " |")

@@ -7,8 +7,12 @@ of the timed calls (CUDA allocator peak on a GPU, resident-set growth on the CPU
 
 Modes say what one call is:
 - ``forward``: `fn()`;
-- ``backward``: the backward of `fn()`'s output only (the forward runs untimed before each call);
+- ``backward``: the backward of `fn()`'s output only (the forward, and the ones tensor seeding the
+  backward, are made untimed before each call);
 - ``full``: forward and backward.
+A backward goes into every leaf that needs a gradient (``.backward()``, gradients accumulate), or,
+with ``grad_inputs=(t1, t2, ...)``, only into those tensors (``torch.autograd.grad``: nothing
+accumulates, and no other gradient is formed, e.g. an input-only backward through a model).
 
 Every case becomes one row of ``benchmarks/results.jsonl`` (one schema, below), and the first case
 of a `Bench` (the one under test) is handed to pytest-benchmark, so ``--benchmark-only`` reports it
@@ -80,20 +84,33 @@ def _rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _backward(out):
-    """Backward of a tensor, or of the first tensor of a tuple/structure, with ones as the seed."""
-    if not torch.is_tensor(out):
-        out = next(o for o in (out if isinstance(out, (tuple, list)) else vars(out).values())
-                   if torch.is_tensor(o) and o.requires_grad)
-    out.backward(torch.ones_like(out))
+def _differentiable(out):
+    """The tensor to differentiate: `out`, or the first tensor of a tuple/structure that needs a
+    gradient."""
+    if torch.is_tensor(out):
+        return out
+    return next(o for o in (out if isinstance(out, (tuple, list)) else vars(out).values())
+                if torch.is_tensor(o) and o.requires_grad)
 
 
-def measure(fn, device="cpu", mode="forward", repeats=10, warmup=2):
+def _backward(out, seed=None, grad_inputs=None):
+    """Backward of `out` (see _differentiable) with `seed` (ones by default) as its gradient, into
+    the leaves (.backward()) or, given grad_inputs, only into those (torch.autograd.grad)."""
+    out = _differentiable(out)
+    seed = torch.ones_like(out) if seed is None else seed
+    if grad_inputs is None:
+        out.backward(seed)
+    else:
+        torch.autograd.grad(out, grad_inputs, seed)
+
+
+def measure(fn, device="cpu", mode="forward", repeats=10, warmup=2, grad_inputs=None):
     """Time `fn` once per call as `mode` says; returns a Timing (see the module docstring)."""
-    return measure_interleaved({"fn": fn}, device, mode, repeats, warmup)["fn"]
+    return measure_interleaved({"fn": fn}, device, mode, repeats, warmup, grad_inputs)["fn"]
 
 
-def measure_interleaved(fns, device="cpu", mode="forward", repeats=10, warmup=2):
+def measure_interleaved(fns, device="cpu", mode="forward", repeats=10, warmup=2,
+                        grad_inputs=None):
     """Time several functions round robin (call 1 of each, then call 2 of each, ...), so that a
     shared machine's load falls on all of them alike; returns {name: Timing}. The peak memory of
     each is the growth over the calls so far (on the CPU the process peak can only grow)."""
@@ -101,6 +118,8 @@ def measure_interleaved(fns, device="cpu", mode="forward", repeats=10, warmup=2)
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    if grad_inputs is not None and mode == "forward":
+        raise ValueError("grad_inputs needs mode 'backward' or 'full'")
     cuda = torch.device(device).type == "cuda"
 
     def call(fn, timer):
@@ -109,12 +128,13 @@ def measure_interleaved(fns, device="cpu", mode="forward", repeats=10, warmup=2)
                 fn()
         elif mode == "full":
             with timer:
-                _backward(fn())
+                _backward(fn(), grad_inputs=grad_inputs)
         else:
             out = fn()
+            seed = torch.ones_like(_differentiable(out))
             sync(device)
             with timer:
-                _backward(out)
+                _backward(out, seed, grad_inputs)
 
     for _ in range(warmup):
         for fn in fns.values():
@@ -186,8 +206,10 @@ def copy_bandwidth(nbytes, device="cpu", repeats=5):
     return 2 * src.numel() * 4 / t.min / 1e9
 
 
-def record(row):
-    """Append one row to results.jsonl (and print it)."""
+def record(row, **fields):
+    """Append one row to results.jsonl (and print it): `record({"bench": ..., ...})`, or
+    `record(bench_name, **fields)` (the form of the former conftest helper)."""
+    row = {"bench": row, **fields} if isinstance(row, str) else {**row, **fields}
     row = {**row, "torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     with open(RESULTS, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -213,19 +235,26 @@ class Bench:
     def __getitem__(self, case):
         return self.timings[case]
 
-    def case(self, case, fn, mode="forward", repeats=None, warmup=None):
+    def _new(self, cases):
+        for case in cases:
+            if case in self.timings:
+                raise ValueError(f"case {case!r} of {self.name} is already timed")
+
+    def case(self, case, fn, mode="forward", repeats=None, warmup=None, grad_inputs=None):
+        self._new([case])
         t = measure(fn, self.device, mode, repeats or self.repeats,
-                    self.warmup if warmup is None else warmup)
+                    self.warmup if warmup is None else warmup, grad_inputs)
         if not self.timings and self.benchmark is not None:
             _report_to_pytest_benchmark(self.benchmark, t)
         self.timings[case], self.modes[case] = t, mode
         return t
 
-    def cases(self, fns, mode="forward", repeats=None, warmup=None):
+    def cases(self, fns, mode="forward", repeats=None, warmup=None, grad_inputs=None):
         """Several cases timed round robin (see measure_interleaved); the first is the one under
         test when this is the bench's first call."""
+        self._new(fns)
         ts = measure_interleaved(fns, self.device, mode, repeats or self.repeats,
-                                 self.warmup if warmup is None else warmup)
+                                 self.warmup if warmup is None else warmup, grad_inputs)
         if not self.timings and self.benchmark is not None:
             _report_to_pytest_benchmark(self.benchmark, next(iter(ts.values())))
         for case, t in ts.items():

@@ -88,3 +88,34 @@ def test_interleaved_cases_run_round_robin(tmp_path, monkeypatch):
     assert order == ["a", "b"] * 4
     assert list(ts) == ["a", "b"] and all(len(t.samples) == 3 for t in ts.values())
     assert [r["case"] for r in b.finish()] == ["a", "b"]
+
+
+def test_grad_inputs_backward_forms_only_those_gradients():
+    w = torch.randn(8, requires_grad=True)
+    v = torch.randn(8, requires_grad=True)
+    fn = lambda: w * v  # noqa: E731
+    for mode in ("backward", "full"):
+        t = harness.measure(fn, mode=mode, repeats=2, warmup=1, grad_inputs=(w,))
+        assert len(t.samples) == 2
+    assert w.grad is None and v.grad is None  # torch.autograd.grad: nothing accumulated
+    with pytest.raises(ValueError, match="grad_inputs"):
+        harness.measure(fn, mode="forward", grad_inputs=(w,))
+
+
+def test_case_names_are_unique_within_a_bench(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "RESULTS", str(tmp_path / "r.jsonl"))
+    b = harness.Bench(None, "unit/dup", "cpu", repeats=1, warmup=0)
+    b.case("a", lambda: None)
+    with pytest.raises(ValueError, match="already timed"):
+        b.cases({"b": lambda: None, "a": lambda: None})
+
+
+def test_record_takes_a_row_or_a_name_and_fields(tmp_path, monkeypatch):
+    # record(name, **fields) is the form bench_loader/bench_e2e use through conftest
+    path = tmp_path / "r.jsonl"
+    monkeypatch.setattr(harness, "RESULTS", str(path))
+    harness.record({"bench": "x", "a": 1})
+    harness.record("y", a=2)
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(r["bench"], r["a"]) for r in rows] == [("x", 1), ("y", 2)]
+    assert all("torch" in r and "time" in r for r in rows)
