@@ -133,10 +133,12 @@ def run_gpu_selftest(pixels=2 * 10 ** 8):
     g = torch.Generator(device=device).manual_seed(1)
     y_age = torch.randint(0, 121, (pixels,), generator=g, device=device).float()
     p_age = y_age + 6 * torch.randn(pixels, generator=g, device=device)
-    mask = torch.rand(pixels, generator=g, device=device) < 0.7
     cases = (("depth", pred.reshape(-1), y.reshape(-1), 0.7, 0.1, 93),
              ("age", p_age, y_age, 0.0, 1.0, 121))
     for name, pp, yy, y0, w, nb in cases:
+        # a mask of the case's own length (the depth maps hold maps * H * W elements, not
+        # `pixels`: one mask of `pixels` elements failed the op's shape check there)
+        mask = torch.rand(pp.numel(), generator=g, device=device) < 0.7
         for m in (None, mask):
             label = f"bin_reduce_{name}" + ("_mask" if m is not None else "")
             b = Bench(None, f"bin_reduce_gpu/{label}", device, elements=pp.numel())
