@@ -2,7 +2,8 @@
 // argument checks, and the per-element formulas shared by the CPU and CUDA kernels.
 //
 // For each pair (p = pred, y = target) selected by the mask:
-//   b      = clamp(floor((double(y) - y_min) / bin_width), 0, num_bins - 1)   (as LabelBins.index;
+//   b      = clamp(floor((double(y) - y_min) / bin_width), 0, num_bins - 1), or for decimal widths
+//            (0.1 m) the official DIR float32 rule floor(float32(y * 10)) - 7 (as LabelBins.index;
 //            BinIndexer below, the same code on CPU and GPU)
 //   e      = p - y,  a = |e|
 //   log_a  = log(double(max(a, floor)))               (GM; a < floor is counted in N_FLOORED; the
@@ -19,6 +20,7 @@
 #include <ATen/ATen.h>
 #include <c10/macros/Macros.h>
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 
@@ -57,29 +59,66 @@ struct Params {
   double floor;
 };
 
-// Bin of a finite target, exactly floor((y - y_min) / bin_width) clamped to [0, num_bins) (as
-// LabelBins.index); sets `oor` when it was clamped into an edge bin. Shared by the CPU and CUDA
-// kernels so that both put every pair in the same bin. The float64 division is the costliest
-// instruction of the loop (a long sequence on a GPU), so the quotient is formed with the
-// reciprocal: exact when bin_width is a power of two (1 for ages), otherwise within 2 ulp, which
-// can change the floor only next to an integer; there the division is done after all.
+// Bin of a finite target, as LabelBins.index (ssir_fast/imbalance.py, whose docstring states the
+// rule and its reason); sets `oor` when the index was clamped into an edge bin. Shared by the CPU
+// and CUDA kernels so that both put every pair in the same bin. Two rules, chosen once per call
+// from (y_min, bin_width, num_bins) with the same float64 tests as imbalance._decimal_rule:
+//
+//  * decimal rule, when bin_width is not a power of two, 1 / bin_width is an integer s in
+//    [2, 2^24] (0.1 m: s = 10), y_min * s is an integer k0 and |k0| + num_bins <= 2^22:
+//        b = floor(float32(float32(y) * float32(s))) - k0
+//    the official DIR arithmetic (nyud2-dir: int(depth * np.float32(10)) on float32 depths, minus
+//    bucket_start = 7). The float64 quotient (y - 0.7) / 0.1 puts a depth on a decimal edge one
+//    bin low (0.9f -> 1.9999998 -> bin 1, bucket 8 instead of 9; ~0.5 % of millimetre depths).
+//    y is clamped to the float32 range first (float64 targets), so the cast is defined.
+//  * float64 rule otherwise (ages: width 1): b = floor((y - y_min) / bin_width). The float64
+//    division is the costliest instruction of the loop (a long sequence on a GPU), so the
+//    quotient is formed with the reciprocal: exact when bin_width is a power of two, otherwise
+//    within 2 ulp, which can change the floor only next to an integer; there the division is
+//    done after all.
 struct BinIndexer {
   double y_min, bin_width, inv_width;
   int64_t num_bins;
   bool exact_inv;
+  bool decimal;    // the decimal rule applies
+  float scale;     // s = 1 / bin_width (decimal rule)
+  double offset;   // k0 = y_min * s (decimal rule)
 
   static BinIndexer make(const Params& P) {
     int exponent = 0;
-    return {P.y_min, P.bin_width, 1.0 / P.bin_width, P.num_bins,
-            std::frexp(P.bin_width, &exponent) == 0.5};
+    const bool pow2 = std::frexp(P.bin_width, &exponent) == 0.5;
+    const double inv = 1.0 / P.bin_width;
+    const double s = std::nearbyint(inv);
+    const double k = P.y_min * s;
+    const double k0 = std::nearbyint(k);
+    const bool decimal = !pow2 && s >= 2.0 && s <= 16777216.0 &&  // s exact in float32 (2^24)
+                         std::fabs(inv - s) <= 1e-9 * s &&
+                         std::fabs(k - k0) <= 1e-9 * std::fmax(1.0, std::fabs(k)) &&
+                         std::fabs(k0) + static_cast<double>(P.num_bins) <= 4194304.0;  // 2^22
+    return {P.y_min, P.bin_width, inv, P.num_bins, pow2, decimal,
+            decimal ? static_cast<float>(s) : 1.0f, decimal ? k0 : 0.0};
+  }
+
+  C10_HOST_DEVICE static float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fmul_rn(a, b);  // never contracted into an FMA
+#else
+    return a * b;
+#endif
   }
 
   C10_HOST_DEVICE int64_t operator()(double y, bool& oor) const {
-    const double d = y - y_min;
-    const double q = d * inv_width;
-    double t = ::floor(q);
-    const double tol = 1e-9 * (1.0 + ::fabs(q));
-    if (!exact_inv && (q - t < tol || t + 1.0 - q < tol)) t = ::floor(d / bin_width);
+    double t;
+    if (decimal) {
+      const double yc = ::fmin(::fmax(y, -static_cast<double>(FLT_MAX)), static_cast<double>(FLT_MAX));
+      t = ::floor(static_cast<double>(mul_rn(static_cast<float>(yc), scale))) - offset;
+    } else {
+      const double d = y - y_min;
+      const double q = d * inv_width;
+      t = ::floor(q);
+      const double tol = 1e-9 * (1.0 + ::fabs(q));
+      if (!exact_inv && (q - t < tol || t + 1.0 - q < tol)) t = ::floor(d / bin_width);
+    }
     const double nb = static_cast<double>(num_bins);
     oor = !(t >= 0 && t < nb);
     return t < 0 ? 0 : (t >= nb ? num_bins - 1 : static_cast<int64_t>(t));

@@ -5,6 +5,21 @@ metrics and the SSIR bin width, so nobody re-derives bins:
 
     bin(y) = clamp(floor((y - y_min) / bin_width), 0, num_bins - 1)
 
+Decimal bin widths (0.1 m for NYUD2) follow the official DIR arithmetic instead: when bin_width is
+not a power of two, 1 / bin_width is an integer s in [2, 2^24] and y_min * s an integer k0 (and
+|k0| + num_bins <= 2^22),
+
+    bin(y) = clamp(floor(float32(float32(y) * float32(s))) - k0, 0, num_bins - 1)
+
+which is nyud2-dir's `int(depth * np.float32(10))` on float32 depths minus bucket_start = 7. The
+float64 quotient would put a depth on a decimal edge one bin low (float32 0.9 m = 0.89999998;
+(0.89999998 - 0.7) / 0.1 = 1.9999998: bucket 8, where the official code says 9), about 0.5 % of
+the millimetre depths; with the float32 product every millimetre depth 0.001..10 m lands in its
+exact decimal bucket, as in the official code. The rule is applied to float32(y) whatever the
+labels' dtype, so a float32 depth map and its float64 copy get the same bins. Power-of-two widths
+(ages: width 1) keep the exact float64 rule. The `bin_reduce` kernels (csrc/bin_reduce_common.h,
+`BinIndexer`) use the same rule.
+
 Labels outside [y_min, y_min + num_bins * bin_width) fall into the edge bins (the DIR age
 convention merges labels >= 120 into bin 120 with num_bins = 121: `LabelBins.dir_age()`; NYUD2
 merges depths below 0.7 m into the 0.7 m bin); with `clamp=False` they get index -1 instead,
@@ -37,8 +52,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["LabelBins", "lds_kernel", "bin_weights", "sample_weights", "lookup_weights",
-           "weighted_sampler", "REWEIGHTS", "KERNELS", "PADDINGS", "DIR_RECIPES"]
+__all__ = ["LabelBins", "raw_bin_index", "lds_kernel", "bin_weights", "sample_weights",
+           "lookup_weights", "weighted_sampler", "REWEIGHTS", "KERNELS", "PADDINGS", "DIR_RECIPES"]
 
 REWEIGHTS = ("none", "inverse", "sqrt_inv")
 KERNELS = ("gaussian", "triang", "laplace")
@@ -49,6 +64,50 @@ DIR_RECIPES = {
     "age": dict(inv_clip=(5, 1000), lds_padding="constant"),   # agedb-dir, imdb-wiki-dir
     "depth": dict(inv_clip=None, lds_padding="reflect"),       # nyud2-dir (per-pixel counts)
 }
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _decimal_rule(y_min, bin_width, num_bins):
+    """(s, k0) of the decimal bin rule (module docstring) for these bins, or None when the float64
+    rule applies. The same float64 tests as `BinIndexer::make` in csrc/bin_reduce_common.h."""
+    y_min, bin_width = float(y_min), float(bin_width)
+    if math.frexp(bin_width)[0] == 0.5:          # power of two: the float64 quotient is exact
+        return None
+    inv = 1.0 / bin_width
+    if not inv <= 2.0 ** 25:                    # also inf for a subnormal width
+        return None
+    s = float(round(inv))
+    if not (2.0 <= s <= 2.0 ** 24 and abs(inv - s) <= 1e-9 * s):   # s exact in float32
+        return None
+    k = y_min * s
+    k0 = float(round(k))
+    if abs(k - k0) > 1e-9 * max(1.0, abs(k)) or abs(k0) + num_bins > 2.0 ** 22:
+        return None
+    return s, k0
+
+
+def raw_bin_index(labels, y_min, bin_width, num_bins):
+    """Unclamped bin position floor(...) of each label as float64 (tensor or ndarray, as the
+    input), by the rule of the module docstring; `LabelBins.index` clamps it."""
+    rule = _decimal_rule(y_min, bin_width, num_bins)
+    if isinstance(labels, torch.Tensor):
+        if rule is None:
+            return torch.floor((labels.double() - float(y_min)) / float(bin_width))
+        s, k0 = rule
+        if labels.dtype in (torch.float32, torch.float16, torch.bfloat16):
+            yf = labels.float()
+        else:
+            yf = labels.double().clamp(-_F32_MAX, _F32_MAX).float()
+        return torch.floor(yf * s).double() - k0          # float32 product, as the official code
+    y = np.asarray(labels, dtype=np.float64)
+    if rule is None:
+        return np.floor((y - float(y_min)) / float(bin_width))
+    s, k0 = rule
+    yf = np.clip(y, -_F32_MAX, _F32_MAX).astype(np.float32)
+    with np.errstate(over="ignore"):                      # |y| near float32 max -> inf: edge bin
+        return np.floor(yf * np.float32(s)).astype(np.float64) - k0
 
 
 @dataclass(frozen=True)
@@ -91,14 +150,16 @@ class LabelBins:
         return cls(lo, float(bin_width), num)
 
     def index(self, labels):
-        """Bin index of each label (int64, same type family as the input: tensor or ndarray)."""
+        """Bin index of each label (int64, same type family as the input: tensor or ndarray).
+
+        floor((y - y_min) / bin_width), or for decimal widths (0.1 m) the official DIR float32
+        rule floor(float32(y) * 10) - 7 (module docstring: why, and when each applies)."""
         if isinstance(labels, torch.Tensor):
-            idx = torch.floor((labels.double() - self.y_min) / self.bin_width).long()
+            f = raw_bin_index(labels, self.y_min, self.bin_width, self.num_bins)
             if self.clamp:
-                return idx.clamp_(0, self.num_bins - 1)
-            return torch.where((idx >= 0) & (idx < self.num_bins), idx, torch.full_like(idx, -1))
-        y = np.asarray(labels, dtype=np.float64)
-        f = np.floor((y - self.y_min) / self.bin_width)
+                return f.clamp_(0, self.num_bins - 1).long()
+            return torch.where((f >= 0) & (f < self.num_bins), f, torch.full_like(f, -1)).long()
+        f = raw_bin_index(labels, self.y_min, self.bin_width, self.num_bins)
         if self.clamp:
             return np.clip(f, 0, self.num_bins - 1).astype(np.int64)
         return np.where((f >= 0) & (f < self.num_bins), f, -1).astype(np.int64)

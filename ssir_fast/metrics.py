@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 import torch
 
-from .imbalance import LabelBins
+from .imbalance import LabelBins, raw_bin_index
 from .ops.bin_reduce import (COUNT, DEFAULT_FLOOR, N_DELTA1, N_DELTA2, N_DELTA3, N_FLOORED,
                              N_NONFINITE, N_OUT_OF_RANGE, NUM_COLUMNS, SUM_ABS, SUM_ABSREL,
                              SUM_LOG10, SUM_LOG_ABS, SUM_SQ, bin_reduce)
@@ -412,7 +412,8 @@ def shot_metrics(pred, target, train_labels, y_min=None, bin_width=1.0, num_bins
 @torch.no_grad()
 def balanced_pixel_mask(depth_maps, y_min=0.7, bin_width=0.1, y_max=10.0, per_bin=None, seed=0):
     """Bool mask (depth_maps' shape) selecting the same number of pixels in every depth bin of
-    width `bin_width` in [y_min, y_max): the NYUD2-DIR balanced test set.
+    width `bin_width` in [y_min, y_max): the NYUD2-DIR balanced test set. Pixels are binned as
+    `LabelBins.index` does (for 0.1 m the official int(depth * 10) bucket).
 
     `per_bin` pixels are drawn uniformly without replacement from each non-empty bin (default:
     the size of the smallest non-empty bin, so every bin gets the same count); bins with fewer
@@ -421,7 +422,7 @@ def balanced_pixel_mask(depth_maps, y_min=0.7, bin_width=0.1, y_max=10.0, per_bi
     d = torch.as_tensor(depth_maps)
     flat = d.reshape(-1)
     num_bins = int(round((y_max - y_min) / bin_width))
-    t = torch.floor((flat.double() - y_min) / bin_width)
+    t = raw_bin_index(flat, y_min, bin_width, num_bins)  # LabelBins' rule (official for 0.1 m)
     valid = torch.isfinite(flat) & (t >= 0) & (t < num_bins) & (flat.double() < y_max)
     idx = valid.nonzero().reshape(-1)
     mask = torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)

@@ -6,6 +6,8 @@
   computed by `.backward()` and thrown away). It is the correctness reference for SSIRLoss and the
   "naive" baseline of the benchmarks. It does not protect BatchNorm statistics or RNG streams.
 """
+import math
+
 import torch
 
 from .losses import distance_per_sample, weighted_l1
@@ -112,6 +114,32 @@ def _np64(x):
     return np.asarray(x, dtype=np.float64).reshape(-1)
 
 
+def bin_floor_reference(y, y_min, bin_width, num_bins):
+    """Unclamped bin position of float64 labels `y` (numpy), written out on its own: the exact
+    float64 quotient floor((y - y_min) / bin_width), except for decimal widths (1 / bin_width an
+    integer s in [2, 2^24], bin_width not a power of two, y_min * s an integer k0,
+    |k0| + num_bins <= 2^22), where it is the official DIR float32 arithmetic
+    floor(float32(float32(y) * s)) - k0 (nyud2-dir: int(depth * np.float32(10)) - 7); see
+    ssir_fast.imbalance for the reason."""
+    import numpy as np
+    y = np.asarray(y, dtype=np.float64)
+    inv = 1.0 / bin_width
+    if not inv <= 2 ** 25:                      # also inf for a subnormal width
+        return np.floor((y - y_min) / bin_width)
+    s = round(inv)
+    k0 = round(y_min * s)
+    mantissa, _ = math.frexp(bin_width)
+    decimal = (mantissa != 0.5 and 2 <= s <= 2 ** 24 and abs(inv - s) <= 1e-9 * s
+               and abs(y_min * s - k0) <= 1e-9 * max(1.0, abs(y_min * s))
+               and abs(k0) + num_bins <= 2 ** 22)
+    if not decimal:
+        return np.floor((y - y_min) / bin_width)
+    f32 = np.finfo(np.float32).max
+    y32 = np.clip(y, -f32, f32).astype(np.float32)
+    with np.errstate(over="ignore"):
+        return np.floor(y32 * np.float32(s)).astype(np.float64) - k0
+
+
 def bin_reduce_reference(pred, target, y_min, bin_width, num_bins, mask=None, floor=1e-8):
     """float64 numpy `bin_reduce`, one bin at a time (columns as ssir_fast.ops.bin_reduce.COLUMNS;
     NaN/inf pairs are counted in the last column and excluded)."""
@@ -123,10 +151,11 @@ def bin_reduce_reference(pred, target, y_min, bin_width, num_bins, mask=None, fl
     table = np.zeros((num_bins, 12))
     ok = np.isfinite(p) & np.isfinite(y)
     for yi in y[~ok]:
-        k = int(np.clip(np.floor((yi - y_min) / bin_width), 0, num_bins - 1)) if np.isfinite(yi) else 0
+        k = (int(np.clip(bin_floor_reference(yi, y_min, bin_width, num_bins), 0, num_bins - 1))
+             if np.isfinite(yi) else 0)
         table[k, 11] += 1
     p, y = p[ok], y[ok]
-    t = np.floor((y - y_min) / bin_width)
+    t = bin_floor_reference(y, y_min, bin_width, num_bins)
     b = np.clip(t, 0, num_bins - 1).astype(np.int64)
     for k in range(num_bins):
         sel = b == k
@@ -159,7 +188,8 @@ def dir_shot_metrics_numpy(preds, labels, train_labels, y_min=0.0, bin_width=1.0
     p, y, ytr = _np64(preds), _np64(labels), _np64(train_labels)
     if num_bins is None:
         num_bins = int(np.floor((max(y.max(), ytr.max()) - y_min) / bin_width)) + 1
-    bin_of = lambda v: np.clip(np.floor((v - y_min) / bin_width), 0, num_bins - 1).astype(np.int64)  # noqa: E731
+    bin_of = lambda v: np.clip(bin_floor_reference(v, y_min, bin_width, num_bins), 0,  # noqa: E731
+                               num_bins - 1).astype(np.int64)
     b, btr = bin_of(y), bin_of(ytr)
     acc = {g: {"n": 0, "abs": 0.0, "sq": 0.0, "log": 0.0, "d1": 0, "d2": 0, "d3": 0, "rel": 0.0,
                "l10": 0.0, "bin_mae": []} for g in ("all", "many", "medium", "few")}
@@ -198,7 +228,7 @@ def dir_shot_metrics_numpy(preds, labels, train_labels, y_min=0.0, bin_width=1.0
     return out
 
 
-__all__ += ["bin_reduce_reference", "dir_shot_metrics_numpy"]
+__all__ += ["bin_floor_reference", "bin_reduce_reference", "dir_shot_metrics_numpy"]
 
 
 def bin_feature_stats_reference(features, bin_index, num_bins, unbiased=True):

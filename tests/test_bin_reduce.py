@@ -260,7 +260,8 @@ def test_torch_compile_fullgraph():
 
 
 @pytest.mark.parametrize("y_min,width,num_bins", [(0.7, 0.1, 93), (0.0, 1.0, 121), (-3.0, 0.3, 50),
-                                                  (0.0, 0.25, 40)])
+                                                  (0.0, 0.25, 40), (0.0, 0.05, 200), (-1.0, 0.2, 60),
+                                                  (0.75, 0.1, 20), (1e6, 0.1, 10)])
 def test_bins_match_labelbins_at_the_edges(y_min, width, num_bins):
     """Targets on and next to every bin edge (fp32 and fp64) land where LabelBins puts them."""
     from ssir_fast.imbalance import LabelBins
@@ -272,6 +273,56 @@ def test_bins_match_labelbins_at_the_edges(y_min, width, num_bins):
         expected = np.bincount(LabelBins(y_min, width, num_bins).index(y.double().numpy()),
                                minlength=num_bins)
         np.testing.assert_array_equal(counts.numpy(), expected)
+        np.testing.assert_array_equal(bin_reduce_torch(y + 0.5, y, y_min, width, num_bins)[:, COUNT]
+                                      .numpy(), expected)
+        np.testing.assert_array_equal(bin_reduce_reference(y + 0.5, y, y_min, width, num_bins)
+                                      [:, COUNT], expected)
+
+
+def _official_nyud2_bucket(depth32):
+    """nyud2-dir `get_bin_idx`: min(int(x * np.float32(10)), 99) on a float32 depth, transcribed
+    on numpy float32 scalars; buckets below bucket_start = 7 merged into bucket 7."""
+    return np.array([max(min(int(v * np.float32(10)), 99), 7) for v in depth32], dtype=np.int64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_nyud2_millimetre_depths_bin_as_the_official_code(dtype):
+    """Every millimetre depth 0.001..10 m (float32, as the official test loader: mm / 1000) goes to
+    the official bucket - 7 in the kernel, the fallback and the reference, and where LabelBins puts
+    it; fp16/bf16 targets are binned by their own (rounded) value, the same way everywhere."""
+    from ssir_fast.imbalance import LabelBins
+    y = (torch.arange(1, 10001, dtype=torch.int32).float() / 1000).to(dtype)
+    y32 = y.float().numpy()                       # the value every path bins (exact for all dtypes)
+    official = _official_nyud2_bucket(y32) - 7
+    want = np.bincount(official, minlength=93)
+    raw = np.array([int(v * np.float32(10)) for v in y32])     # official bucket before merging
+    oor = np.zeros(93)
+    oor[0], oor[92] = (raw < 7).sum(), (raw > 99).sum()        # merged into the edge bins
+    np.testing.assert_array_equal(LabelBins(0.7, 0.1, 93).index(y.double().numpy()), official)
+    p = y + 0.25
+    tables = {"op": bin_reduce(p, y, 0.7, 0.1, 93), "fallback": bin_reduce_torch(p, y, 0.7, 0.1, 93)}
+    if dtype in (torch.float32, torch.float64):
+        tables["reference"] = torch.from_numpy(bin_reduce_reference(p, y, 0.7, 0.1, 93))
+    for name, t in tables.items():
+        np.testing.assert_array_equal(t[:, COUNT].numpy(), want, err_msg=name)
+        np.testing.assert_array_equal(t[:, N_OUT_OF_RANGE].numpy(), oor, err_msg=name)
+    if dtype == torch.float32:
+        assert oor[0] == 699 and oor[92] == 1 and want[2] == 100   # 0.9 m in bucket 9 = bin 2
+        m = torch.rand(y.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+        np.testing.assert_array_equal(bin_reduce(p, y, 0.7, 0.1, 93, mask=m)[:, COUNT].numpy(),
+                                      np.bincount(official[m.numpy()], minlength=93))
+    if torch.cuda.is_available():
+        gpu = bin_reduce(p.cuda(), y.cuda(), 0.7, 0.1, 93).cpu()
+        np.testing.assert_array_equal(gpu[:, COUNT].numpy(), want)
+        np.testing.assert_array_equal(gpu[:, N_OUT_OF_RANGE].numpy(), oor)
+
+
+@needs_ext
+def test_nyud2_kernel_is_the_extension():
+    # the test above exercised the C++ kernel, not only the fallback
+    y = torch.tensor([0.9, 1.3, 8.4], dtype=torch.float32)
+    t = torch.ops.ssir_fast.bin_reduce.default(y, y, 0.7, 0.1, 93, None, 1e-8, False)
+    assert t[:, COUNT].nonzero().reshape(-1).tolist() == [2, 6, 77]
 
 
 # ---- issue 10 defects 1 and 2 ----------------------------------------------------------------
@@ -356,3 +407,20 @@ def test_columns_agree_with_the_cpp_enum():
     counts = re.search(r"kCountCols\[kNumCounts\] = \{([^}]*)\}", src).group(1)
     named = [n.strip().lower() for n in (sums + "," + counts).split(",")]
     assert sorted(named) == sorted(COLUMNS)  # every column is a sum or a count, once
+
+
+def test_decimal_bins_of_extreme_float64_targets():
+    """float64 targets beyond the float32 range go to the edge bins (the decimal rule clamps y to
+    float32 first), in the op, the fallback, the reference and LabelBins."""
+    from ssir_fast.imbalance import LabelBins
+    y = torch.tensor([1e300, -1e300, 3.4e38, -3.4e38, 0.9, 9.99, 10.0], dtype=torch.float64)
+    want_bins = [92, 0, 92, 0, 2, 92, 92]
+    assert LabelBins(0.7, 0.1, 93).index(y).tolist() == want_bins
+    want = np.bincount(want_bins, minlength=93)
+    oor = np.zeros(93)
+    oor[0], oor[92] = 2, 3
+    for t in (bin_reduce(torch.ones_like(y), y, 0.7, 0.1, 93),
+              bin_reduce_torch(torch.ones_like(y), y, 0.7, 0.1, 93),
+              torch.from_numpy(bin_reduce_reference(torch.ones_like(y), y, 0.7, 0.1, 93))):
+        np.testing.assert_array_equal(t[:, COUNT].numpy(), want)
+        np.testing.assert_array_equal(t[:, N_OUT_OF_RANGE].numpy(), oor)

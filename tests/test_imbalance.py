@@ -247,3 +247,70 @@ def test_merged_labels_by_convention_do_not_warn(bins, labels):
 def test_bad_recipe(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bin_weights([1.0, 2.0], LabelBins(0, 1, 5), "inverse", **kwargs)
+
+
+# ---- NYUD2 bins at decimal edges: the official nyud2-dir arithmetic ----------------------------
+def _official_nyud2_bucket(depth32):
+    """nyud2-dir (loaddata.py / util.py `get_bin_idx`, models/fds.py): min(int(x * np.float32(10)),
+    99) on a float32 depth, buckets below bucket_start = 7 merged into bucket 7. Transcribed on
+    numpy float32 scalars, one at a time, as the official code maps its depths."""
+    return np.array([max(min(int(v * np.float32(10)), 99), 7) for v in depth32], dtype=np.int64)
+
+
+def _millimetre_depths():
+    """Every millimetre depth 0.001..10.000 m as the official test loader makes it (16-bit PNG in
+    mm, `to_tensor(depth).float() / 1000`: float32)."""
+    return (torch.arange(1, 10001, dtype=torch.int32).float() / 1000).numpy()
+
+
+def test_nyud2_bins_match_official_buckets_for_every_millimetre():
+    depth = _millimetre_depths()
+    official = _official_nyud2_bucket(depth) - 7                 # our bin = bucket - 7
+    # the official buckets of millimetre depths are the exact decimal ones
+    np.testing.assert_array_equal(official, np.clip(np.arange(1, 10001) // 100, 7, 99) - 7)
+    bins = LabelBins(0.7, 0.1, 93)
+    np.testing.assert_array_equal(bins.index(depth), official)                    # float32 numpy
+    np.testing.assert_array_equal(bins.index(depth.astype(np.float64)), official)  # float64 copy
+    np.testing.assert_array_equal(bins.index(torch.from_numpy(depth)).numpy(), official)
+    np.testing.assert_array_equal(bins.index(torch.from_numpy(depth).double()).numpy(), official)
+    np.testing.assert_array_equal(bins.counts(depth), np.bincount(official, minlength=93))
+    # the audit's example: 0.9 m is bucket 9 (bin 2); the float64 quotient gave bucket 8
+    assert bins.index(np.float32(0.9)) == 2 and bins.index(0.9) == 2
+    assert np.floor((np.float64(np.float32(0.9)) - 0.7) / 0.1) == 1
+    # decimal literals (python floats) land in the same bins
+    np.testing.assert_array_equal(bins.index(np.arange(1, 10001) / 1000), official)
+
+
+def test_nyud2_training_depths_bin_as_the_official_code():
+    # training depths are 8-bit PNGs: to_tensor(depth).float() * 10 = float32(float32(k / 255) * 10)
+    depth = ((torch.arange(256, dtype=torch.float32) / 255) * 10).numpy()
+    bins = LabelBins(0.7, 0.1, 93)
+    np.testing.assert_array_equal(bins.index(depth), _official_nyud2_bucket(depth) - 7)
+    np.testing.assert_array_equal(bins.index(torch.from_numpy(depth)).numpy(),
+                                  _official_nyud2_bucket(depth) - 7)
+
+
+def test_nyud2_bins_clamp_and_ignore_beyond_the_range():
+    bins = LabelBins(0.7, 0.1, 93)
+    y = np.array([-1.0, 0.0, 0.05, 0.6999, 0.7, 9.999, 10.0, 12.0, 1e30, 1e300, -1e300])
+    assert bins.index(y).tolist() == [0, 0, 0, 0, 0, 92, 92, 92, 92, 92, 0]
+    nb = LabelBins(0.7, 0.1, 93, clamp=False)
+    assert nb.index(y).tolist() == [-1, -1, -1, -1, 0, 92, -1, -1, -1, -1, -1]
+    assert nb.index(torch.tensor(y)).tolist() == [-1, -1, -1, -1, 0, 92, -1, -1, -1, -1, -1]
+
+
+def test_power_of_two_and_other_widths_keep_the_float64_rule():
+    from ssir_fast.imbalance import _decimal_rule
+    assert _decimal_rule(0.7, 0.1, 93) == (10.0, 7.0)
+    assert _decimal_rule(0.0, 0.05, 10) == (20.0, 0.0)
+    for y_min, width, n in [(0.0, 1.0, 121), (0.0, 0.5, 10), (0.0, 0.25, 10), (-3.0, 0.3, 50),
+                            (0.75, 0.1, 10), (1e6, 0.1, 10), (0.0, 3.0, 10)]:
+        assert _decimal_rule(y_min, width, n) is None, (y_min, width)
+    # age bins: exactly floor(y) clamped, as before, on integers, their float64 neighbours and
+    # random reals (float64 labels are not rounded to float32 for width 1)
+    ints = np.arange(-3.0, 131.0)
+    y = np.concatenate([ints, np.nextafter(ints, -np.inf), np.nextafter(ints, np.inf),
+                        np.random.default_rng(0).uniform(-5, 130, 10000), [120 - 1e-12]])
+    want = np.clip(np.floor(y), 0, 120).astype(np.int64)
+    np.testing.assert_array_equal(LabelBins.dir_age().index(y), want)
+    np.testing.assert_array_equal(LabelBins.dir_age().index(torch.from_numpy(y)).numpy(), want)

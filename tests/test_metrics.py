@@ -344,3 +344,16 @@ def test_test_targets_far_outside_warn(bad):
         warnings.simplefilter("error")
         ok.compute()
         masked.compute()
+
+
+def test_balanced_pixel_mask_bins_millimetre_depths_as_the_official_code():
+    # every 0.1 m bucket of 0.700..9.999 m holds exactly 100 millimetre depths under the official
+    # int(depth * 10); so with the default per_bin (smallest bin) every pixel is kept. The float64
+    # quotient moved ~46 edge depths one bin down (bins of 99 and 101): pixels were dropped.
+    from ssir_fast.data.datasets import _balanced_pixel_mask_np
+    depth = torch.arange(700, 10000, dtype=torch.int32).float() / 1000
+    assert balanced_pixel_mask(depth).all()
+    assert _balanced_pixel_mask_np(depth.numpy()).all()
+    mask = balanced_pixel_mask(depth, per_bin=1, seed=3)          # one pixel per bucket
+    buckets = [int(v * np.float32(10)) for v in depth[mask].numpy()]
+    assert sorted(buckets) == list(range(7, 100))

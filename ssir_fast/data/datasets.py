@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..imbalance import LabelBins
+from ..imbalance import LabelBins, raw_bin_index
 
 __all__ = ["DataError", "SplitView", "ImageRegressionDataset", "DepthDataset", "load_dir_csv",
            "load_nyud2", "balanced_pixel_mask", "read_depth", "SPLITS"]
@@ -281,7 +281,7 @@ def _balanced_pixel_mask_np(depth_maps, y_min=0.7, bin_width=0.1, y_max=10.0, pe
     without replacement; a bin with fewer pixels keeps all of them. Returns a bool numpy array."""
     d = np.asarray(depth_maps, dtype=np.float64)
     num_bins = int(round((y_max - y_min) / bin_width))
-    idx = np.floor((d.reshape(-1) - y_min) / bin_width)
+    idx = raw_bin_index(d.reshape(-1), y_min, bin_width, num_bins)  # LabelBins' rule
     valid = np.isfinite(idx) & (idx >= 0) & (idx < num_bins) & (d.reshape(-1) < y_max)
     flat = np.flatnonzero(valid)
     mask = np.zeros(d.size, dtype=bool)

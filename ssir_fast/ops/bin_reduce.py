@@ -5,6 +5,9 @@ flattened) the op adds to row b of a [num_bins, 12] float64 table, where
 
     b = clamp(floor((y - y_min) / bin_width), 0, num_bins - 1)      (as LabelBins.index)
 
+(for decimal widths such as 0.1 m, the official DIR rule floor(float32(y) * 10) - 7 instead: see
+ssir_fast.imbalance, whose `raw_bin_index` the fallback below calls)
+
 and the columns (constants below, `COLUMNS` names them) hold
 
     COUNT           n                       N_FLOORED        #{|e| < floor}
@@ -19,9 +22,9 @@ for positive targets (depth). GM = exp(SUM_LOG_ABS / COUNT): an exact zero error
 geometric mean 0, so errors below `floor` (default 1e-8) count as `floor`; N_FLOORED says how often.
 
 Precision: per-pair math in fp32 for fp32/fp16/bf16 inputs (fp64 for fp64), except the bin index
-and the log of SUM_LOG_ABS, which are fp64 on every device (that column sums terms of both signs,
-so float log errors would not cancel: with floored pairs, log(1e-8) = -18.4, one fp32 ulp is 2e-6
-per pair); every sum in fp64.
+(the rule above, the same code on every device) and the log of SUM_LOG_ABS, which is fp64 on every
+device (that column sums terms of both signs, so float log errors would not cancel: with floored
+pairs, log(1e-8) = -18.4, one fp32 ulp is 2e-6 per pair); every sum in fp64.
 The CPU result is deterministic for a fixed thread count; the CUDA kernel merges block partials
 with float64 atomics, so the order of additions (and the last bits of the sums) may vary from run
 to run. NaN/inf raise by default; on CUDA that check reads one number back (a device sync): pass
@@ -36,6 +39,7 @@ import numbers
 import torch
 
 from .._extension import HAS_EXTENSION
+from ..imbalance import raw_bin_index
 from ._common import fake_check_float, fake_check_same, require_tensor, use_kernel
 
 __all__ = ["bin_reduce", "bin_reduce_torch", "COLUMNS", "NUM_COLUMNS", "DEFAULT_FLOOR"]
@@ -121,7 +125,7 @@ def bin_reduce_torch(pred, target, y_min, bin_width, num_bins, mask=None, floor=
     if not all_ok:
         bad = ~ok
         yb = y[bad]
-        bidx = torch.where(torch.isfinite(yb), torch.floor((yb.double() - y_min) / bin_width),
+        bidx = torch.where(torch.isfinite(yb), raw_bin_index(yb, y_min, bin_width, num_bins),
                            torch.zeros_like(yb, dtype=torch.float64))
         bidx = bidx.clamp(0, num_bins - 1).long()
         out[:, N_NONFINITE] = torch.bincount(bidx, minlength=num_bins).double()
@@ -129,7 +133,7 @@ def bin_reduce_torch(pred, target, y_min, bin_width, num_bins, mask=None, floor=
             raise ValueError(f"pred or target contains NaN or inf ({int(bad.sum())} pairs); pass "
                              f"allow_nonfinite=True to count and exclude them")
         p, y = p[ok], y[ok]
-    t = torch.floor((y.double() - y_min) / bin_width)
+    t = raw_bin_index(y, y_min, bin_width, num_bins)
     oor = (t < 0) | (t >= num_bins)
     b = t.clamp_(0, num_bins - 1).long()
     e = p - y
