@@ -11,15 +11,27 @@
     ssir-fast info                                    # versions, kernels, GPU: for bug reports
 """
 import argparse
+import csv
 import itertools
+import json
 import os
 import sys
+
+import torch
+
+from .data import DataError
+from .info import collect, format_info
+from .train.config import (ConfigError, TrainConfig, add_arguments, coerce_value,
+                           load_config_file, make_config)
+from .train.evaluation import evaluate_checkpoint, load_run
+from .train.motivation import run_motivation
+from .train.plots import plot_perturbations, plot_sweep
+from .train.trainer import train
 
 __all__ = ["main", "build_parser", "run_sweep", "parse_sweep"]
 
 
 def build_parser():
-    from .train.config import add_arguments
     p = argparse.ArgumentParser(prog="ssir-fast", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command")
@@ -62,7 +74,6 @@ def build_parser():
 
 def parse_sweep(items):
     """['epsilon=1e-4,1e-3', 'lam=0.1,1'] -> {'epsilon': ['1e-4', '1e-3'], 'lam': ['0.1', '1']}."""
-    from .train.config import ConfigError, TrainConfig, coerce_value
     grid = {}
     names = set(TrainConfig.__dataclass_fields__)
     for item in items:
@@ -82,9 +93,6 @@ def parse_sweep(items):
 def run_sweep(base_values, file_values, grid, log=print):
     """Train every point of the grid (each its own run folder under <out>/sweep); write
     sweep.csv, sweep.md (the parameter-study table) and sweep.png (epsilon x lam heat map)."""
-    import csv
-    from .train.config import make_config
-    from .train.trainer import train
     keys = list(grid)
     out = base_values.get("out") or os.path.join("runs", "sweep")
     cfgs = []
@@ -118,47 +126,34 @@ def run_sweep(base_values, file_values, grid, log=print):
     log("\n".join(md))
     if "epsilon" in keys and "lam" in keys:
         try:
-            from .train.plots import plot_sweep
             plot_sweep(rows, os.path.join(out, "sweep.png"))
-        except ImportError:
+        except ImportError:   # no matplotlib: the table is the result
             pass
     return rows
 
 
 def _perturbations(args):
-    import torch
-    from .train.config import make_config
-    from .train.plots import plot_perturbations
-    from .train.trainer import Trainer
-    from .train.checkpoint import load_checkpoint, load_model_state
-    ck = load_checkpoint(args.checkpoint, "perturbations --checkpoint")
-    values = dict(ck["config"])
-    values.update(resume=False, rrt=False, checkpoint=None, stop_after=None, device="cpu",
-                  out=os.path.dirname(os.path.abspath(args.checkpoint)))
-    if args.data_root:
-        values["data_root"] = args.data_root
-    t = Trainer(make_config(values))
-    t._setup()
-    load_model_state(t.model, ck["model"], args.checkpoint, "perturbations --checkpoint")
-    x, y, _ = next(iter(t.loaders["test"]))
-    idx = torch.linspace(0, x.shape[0] - 1, args.n).long()
-    eps = [float(e) for e in args.epsilons.split(",")]
-    path = args.out or os.path.join(values["out"], "perturbations.png")
-    lo, hi = (t.ds.clip_bounds() if hasattr(t.ds, "clip_bounds") and t.ds.clip_bounds() else
-              (None, None))
-    mean = t.ds.mean[0] if isinstance(t.ds.mean, tuple) else 0.0
-    std = t.ds.std[0] if isinstance(t.ds.std, tuple) else 1.0
-    plot_perturbations(t.model, x[idx], y[idx], eps, path, bin_width=t.bins.bin_width,
-                       n=args.n, mean=mean, std=std,
-                       clip_min=None if lo is None else torch.tensor(lo),
-                       clip_max=None if hi is None else torch.tensor(hi))
+    out = os.path.dirname(os.path.abspath(args.checkpoint))
+    with load_run(args.checkpoint, "perturbations --checkpoint", device="cpu", out=out,
+                  data_root=args.data_root or None) as run:
+        ds, model = run.data.ds, run.model
+        x, y, _ = next(iter(run.data.loaders["test"]))
+        idx = torch.linspace(0, x.shape[0] - 1, args.n).long()
+        eps = [float(e) for e in args.epsilons.split(",")]
+        path = args.out or os.path.join(out, "perturbations.png")
+        lo, hi = (ds.clip_bounds() if hasattr(ds, "clip_bounds") and ds.clip_bounds() else
+                  (None, None))
+        mean = ds.mean[0] if isinstance(ds.mean, tuple) else 0.0
+        std = ds.std[0] if isinstance(ds.std, tuple) else 1.0
+        plot_perturbations(model, x[idx], y[idx], eps, path, bin_width=run.data.bins.bin_width,
+                           n=args.n, mean=mean, std=std,
+                           clip_min=None if lo is None else torch.tensor(lo),
+                           clip_max=None if hi is None else torch.tensor(hi))
     print(path)
     return path
 
 
 def main(argv=None):
-    from .data import DataError
-    from .train.config import ConfigError, load_config_file, make_config
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -173,16 +168,13 @@ def main(argv=None):
                 grid = parse_sweep(args.sweep)
                 run_sweep(values, file_values, grid)
                 return 0
-            from .train.trainer import train
             train(make_config(values, file_values))
             return 0
         if args.command == "eval":
-            from .train.trainer import evaluate_checkpoint
             evaluate_checkpoint(args.checkpoint, args.split, args.data_root, args.out, args.device,
                                 args.batch_size)
             return 0
         if args.command == "motivation":
-            from .train.motivation import run_motivation
             ratios = None if args.ratios is None else [
                 int(float(r)) if float(r).is_integer() else float(r) for r in args.ratios.split(",")]
             run_motivation(args.out, args.quick, ratios, args.seeds, args.t1, args.t2,
@@ -192,8 +184,6 @@ def main(argv=None):
             _perturbations(args)
             return 0
         if args.command == "info":
-            import json
-            from .info import collect, format_info
             facts = collect()
             print(json.dumps(facts, indent=1) if args.json else format_info(facts))
             return 0

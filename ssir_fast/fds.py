@@ -31,11 +31,12 @@ Semantics, fixing the official code's defects (SPEC 4):
 """
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+from ._state import scratch_buffers
 from .imbalance import LabelBins, lds_kernel
 from .ops import bin_feature_stats, fds_calibrate
-from .ssir import scratch_buffers
 
 __all__ = ["FDS", "smooth_statistics", "fill_empty_bins", "feature_balance",
            "plot_feature_balance"]
@@ -164,7 +165,6 @@ class FDS(torch.nn.Module):
         """Merge this epoch's (count, mean, M2) over DDP ranks, weighting by counts:
         N = sum_r n_r, mu = sum_r n_r mu_r / N, M2 = sum_r [M2_r + n_r (mu_r - mu)^2]
         (two all_reduces; the centred second pass avoids the cancellation of sum x^2 - N mu^2)."""
-        import torch.distributed as dist
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
         n = self._count.double()[:, None]
@@ -250,7 +250,7 @@ def feature_balance(features, labels, bins):
 def plot_feature_balance(values, bins, count=None, ax=None, label=None):
     """Plot per-bin feature variance against bin centres (matplotlib); with `count`, the label
     histogram on a twin axis. Returns the axis."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # optional dependency: only this plot needs it
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3))
     centers = bins.centers()

@@ -15,6 +15,8 @@ import contextlib
 
 import torch
 
+from .losses import weighted_l1
+
 __all__ = ["last_linear", "rrt_prepare", "rrt_mode", "rrt_train"]
 
 _BN = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.SyncBatchNorm)
@@ -67,7 +69,6 @@ def rrt_train(model, loader, weights_fn, epochs=1, lr=1e-3, loss_fn=None, name=N
     """Re-train the last linear layer for `epochs` over `loader` ((x, y, ...) batches) with
     per-sample weights `weights_fn(y)` (e.g. a partial of imbalance.lookup_weights) and
     `loss_fn(pred, y, weight)` (default weighted L1). Returns the layer."""
-    from .losses import weighted_l1
     loss_fn = loss_fn or weighted_l1
     head = rrt_prepare(model, name)
     opt = optimizer_cls(head.parameters(), lr=lr)

@@ -33,7 +33,7 @@ Diagnostics returned with every step (over the samples that got the consistency 
 similarity rate (Definition 1), mean ||x~ - x|| / ||x|| and mean |f(x~) - f(x)| / dy.
 
 The perturbation passes (f(x1), f(x~)) run on scratch copies of the model's buffers and with the
-RNG state of the clean forward, so BatchNorm running statistics, num_batches_tracked, any other
+RNG state of the clean forward (`ssir_fast._state`), so BatchNorm running statistics, num_batches_tracked, any other
 buffer and the RNG streams end exactly as after the clean forward alone, and dropout draws the
 same masks in every pass (with subset, the passes see only the drawn rows: their dropout masks
 are fresh draws, and every training-mode BatchNorm layer normalises them with the clean forward's
@@ -45,6 +45,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ._state import RngSnapshot, scratch_buffers
 from .losses import DISTANCES, distance_per_sample, weighted_l1
 from .ops import perturb
 from .ops.perturb import _bound as _clip_bound
@@ -67,39 +68,7 @@ class SSIRResult:
     perturbation: torch.Tensor  # mean_i ||x~_i - x_i|| / ||x_i||
     output_change: torch.Tensor  # mean_i mean_j |f(x~)_ij - f(x)_ij| / dy
     index: Optional[torch.Tensor] = None  # rows of the batch in x_adv (subset), None = all
-
-
-@contextlib.contextmanager
-def scratch_buffers(model):
-    """Run `model` on clones of its buffers; the originals are put back untouched on exit.
-
-    Swapping the tensors (not copying values back in place) keeps the clean forward's autograd
-    graph valid: BatchNorm saves its running statistics for backward."""
-    saved = []
-    for module in model.modules():
-        for name, buf in module._buffers.items():
-            if buf is not None:
-                saved.append((module, name, buf))
-    for module, name, buf in saved:
-        module._buffers[name] = buf.clone()
-    try:
-        yield
-    finally:
-        for module, name, buf in saved:
-            module._buffers[name] = buf
-
-
-class _RngSnapshot:
-    """CPU and (when x is on CUDA) device RNG states, to replay one forward's random draws."""
-
-    def __init__(self, device):
-        self.cpu = torch.get_rng_state()
-        self.cuda = (device, torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
-
-    def restore(self):
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda[1], self.cuda[0])
+    features: Optional[torch.Tensor] = None  # what the clean call returned next to pred (`call`)
 
 
 class SSIRLoss(torch.nn.Module):
@@ -267,9 +236,20 @@ class SSIRLoss(torch.nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=self.perturb_autocast)
 
-    def forward(self, model, x, y, weight=None, noise=None, rarity=None) -> SSIRResult:
+    def forward(self, model, x, y, weight=None, noise=None, rarity=None,
+                call=None) -> SSIRResult:
         """One SSIR step on batch (x, y). `weight`: re-weighting factors [N] (or y's shape);
-        `noise`: z (default drawn); `rarity`: subset draw weights [N] (default from the bins)."""
+        `noise`: z (default drawn); `rarity`: subset draw weights [N] (default from the bins).
+
+        `model` is any nn.Module ``model(x) -> prediction``. `call(x, rows, clean)` says how each
+        pass runs it, for models that take more than x (default ``(model(x), None)``): it
+        returns the pair (prediction, features or None). `rows` are the rows of the batch that
+        x holds (None: all of them; a subset pass sees fewer), `clean` is True for the clean
+        forward only. The training step's call, for example, gives FDS the labels of `rows` in
+        every pass (calibration with the current statistics) and asks for the features in the
+        clean pass alone; they come back as `SSIRResult.features`. Nothing in any pass collects
+        statistics: the perturbation passes run on scratch buffers (see the module docstring)
+        and their features are not returned."""
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
             raise TypeError(f"x must be a floating-point tensor, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
@@ -279,13 +259,15 @@ class SSIRLoss(torch.nn.Module):
             raise ValueError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
         lo, hi = self._bounds(x.device)
         x = x.detach()
-        rng_before = _RngSnapshot(x.device) if self.preserve_state else None
+        rng_before = RngSnapshot(x.device) if self.preserve_state else None
 
         # Clean forward, keeping the graph w.r.t. x for step 1.
         x_in = x.detach().requires_grad_(True)  # an alias of x: no copy
         bn_stats = {}
+        if call is None:
+            call = lambda inputs, rows, clean: (model(inputs), None)  # noqa: E731
         with _record_batchnorm_stats(model, bn_stats, self.subset is not None and self.subset < 1):
-            pred = model(x_in)
+            pred, features = call(x_in, None, True)
         self._check(x, y, pred, noise, weight)
         y = y.reshape(pred.shape).to(pred.dtype)
         ref = pred.detach().to(torch.promote_types(pred.dtype, torch.float32))
@@ -297,7 +279,7 @@ class SSIRLoss(torch.nn.Module):
             z = None
         y_tilde = ref + z if z is not None and self.target == "noisy" else ref
         supervised = self.base_loss(pred, y, weight)
-        rng_after = _RngSnapshot(x.device) if self.preserve_state else None
+        rng_after = RngSnapshot(x.device) if self.preserve_state else None
 
         # Step 1: input gradient from the clean graph (kept for the final backward).
         d1 = self._dist(pred, y_tilde).sum()
@@ -315,14 +297,14 @@ class SSIRLoss(torch.nn.Module):
             xk = x_adv.requires_grad_(True)
             with self._context(model, rng_before), self._fast(x.device), \
                     _use_batchnorm_stats(bn_stats):
-                dk = self._dist(model(xk), y_t).sum()
+                dk = self._dist(call(xk, index, False)[0], y_t).sum()
                 (g,) = torch.autograd.grad(dk, xk)
             x_adv = perturb(x, g, eps, lo, hi)
 
         # Consistency at x~ (parameters get gradients through this graph).
         x_adv = x_adv.detach()
         with self._context(model, rng_before), _use_batchnorm_stats(bn_stats):
-            adv = model(x_adv)
+            adv = call(x_adv, index, False)[0]
         if rng_after is not None:
             rng_after.restore()
         consistency = self._dist(adv, y_t).mean()
@@ -341,7 +323,7 @@ class SSIRLoss(torch.nn.Module):
         return SSIRResult(loss=loss, pred=pred, supervised=supervised, consistency=consistency,
                           similarity=similarity, x_adv=x_adv, target=y_tilde, radius=radius,
                           perturbation=perturbation, output_change=change.mean() / self.bin_width,
-                          index=index)
+                          index=index, features=features)
 
 
 def draw_subset(rarity, fraction, generator=None):

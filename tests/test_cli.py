@@ -223,8 +223,8 @@ def test_rrt_second_stage_from_checkpoint(tmp_path):
 ])
 def test_invalid_combinations_fail_before_any_work(args, message, tmp_path, capsys,
                                                    monkeypatch):
-    import ssir_fast.train.trainer as T
-    monkeypatch.setattr(T, "load_data", lambda *a, **k: pytest.fail("work started"))
+    import ssir_fast.train.builders as B
+    monkeypatch.setattr(B, "load_data", lambda *a, **k: pytest.fail("work started"))
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "error" in err
@@ -434,7 +434,7 @@ def test_nyud2_run_uses_official_weighting_and_shot_lists(tmp_path):
                        "epochs": 1, "batch_size": 2, "reweight": "inverse", "lds": True,
                        "lds_int_counts": True, "out": str(tmp_path / "o"), "progress": False})
     t = Trainer(cfg)
-    t._setup()
+    t.setup()
     ref = bin_weights(t.train_labels, t.bins, "inverse", True, lds_int_counts=True,
                       **DIR_RECIPES["depth"])
     np.testing.assert_array_equal(t.bin_w, ref)

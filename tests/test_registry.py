@@ -101,7 +101,7 @@ def test_load_dataset_checks_options_against_the_loader_signature():
 
 
 def test_input_shape_comes_from_the_registration():
-    from ssir_fast.train.trainer import input_shape
+    from ssir_fast.train.builders import input_shape
     ds = D.load_dataset("two_gaussians", n_major=20, d=5)
     cfg = make_config({"data": "two_gaussians"})
     assert input_shape(cfg, ds) == (5,)
@@ -211,8 +211,8 @@ def test_a_bug_inside_a_loader_is_not_reported_as_a_data_option(tiny, tmp_path):
     ("on_error=maybe", "on_error must be raise or skip, got 'maybe'"),
 ])
 def test_data_options_errors_name_the_key(options, message, capsys, monkeypatch):
-    import ssir_fast.train.trainer as T
-    monkeypatch.setattr(T, "load_data", lambda *a, **k: pytest.fail("work started"))
+    import ssir_fast.train.builders as B
+    monkeypatch.setattr(B, "load_data", lambda *a, **k: pytest.fail("work started"))
     assert main(["train", "--data-options", options]) == 2
     assert message in capsys.readouterr().err
 

@@ -399,12 +399,12 @@ def test_train_cli_flags_reach_the_loss_and_log_diagnostics(flags, expect, tmp_p
     from ssir_fast.cli import main
     from ssir_fast.train import trainer as T
     seen = {}
-    real_setup = T.Trainer._setup
+    real_setup = T.Trainer.setup
 
     def setup(self):
         real_setup(self)
         seen["loss"], seen["counts"] = self.ssir, self.train_counts
-    monkeypatch.setattr(T.Trainer, "_setup", setup)
+    monkeypatch.setattr(T.Trainer, "setup", setup)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -1,4 +1,5 @@
-"""The training loop and the evaluation pass (ssir_fast.train.trainer.train_epoch / evaluate):
+"""The training loop and the evaluation pass (Trainer.train_epoch with train/step.py's TrainStep,
+train/evaluation.py's evaluate):
 no host read of a device value per step, the first-batch wait recorded, NaN predictions reported
 once per pass. The host reads are counted on the CPU by wrapping the tensor methods that force one
 on a GPU (item, tolist, cpu, numpy, bool/float/int conversion) and counting the calls made from
@@ -30,9 +31,8 @@ def trainer(root, out, batch_size, **extra):
                        "epochs": 1, "batch_size": batch_size, "workers": 0, "device": "cpu",
                        "progress": False, "out": str(out), **extra})
     t = Trainer(cfg, log=lambda *a: None)
-    t._setup()
-    t._optimizer(t.model.parameters())
-    t._epochs = 1
+    t.setup()
+    t.prepare(t.model.parameters())
     return t
 
 
@@ -101,3 +101,49 @@ def test_cuda_synchronisations_per_epoch_not_per_step(root, tmp_path, ssir):
                 torch.cuda.set_sync_debug_mode("default")
         counts[bs] = sum("synchroniz" in str(w.message) for w in seen)
     assert counts[10] == counts[4], counts
+
+
+def test_model_protocol_prediction_or_pair_and_no_state_on_the_module():
+    from ssir_fast.train.models import RegressionOutput, build_model
+    model = build_model("mlp", (4,), 8)
+    x = torch.randn(5, 4)
+    pred = model(x)
+    out = model(x, features=True)
+    assert isinstance(pred, torch.Tensor) and pred.shape == (5, 1)
+    assert isinstance(out, RegressionOutput) and out.features.shape == (5, 8)
+    assert torch.equal(out.pred, pred)
+    assert not hasattr(model, "features") and not hasattr(model, "begin_step")
+
+
+def test_ssir_passes_say_what_they_want_of_fds():
+    # FDS active (one finished epoch): every pass calibrates with the labels of its own rows (the
+    # subset passes see fewer rows), the features come from the clean pass only, and no pass
+    # collects FDS statistics.
+    from functools import partial
+    from ssir_fast import SSIRLoss
+    from ssir_fast.fds import FDS
+    from ssir_fast.imbalance import LabelBins
+    from ssir_fast.train.models import build_model
+    torch.manual_seed(0)
+    bins = LabelBins(0.0, 1.0, 10)
+    model = build_model("mlp", (4,), 8, partial(FDS, bins=bins))
+    x, y = torch.randn(16, 4), torch.rand(16, 1) * 10
+    model.fds.update(model.encoder(x).detach(), y)
+    model.fds.end_epoch(0)
+    tracked = model.fds.num_samples_tracked.clone()
+    seen = []
+
+    def call(inputs, rows, clean):
+        labels = y if rows is None else y[rows]
+        seen.append((inputs.shape[0], rows, clean, labels.shape[0]))
+        out = model(inputs, labels=labels, epoch=1, features=clean)
+        return out if clean else (out, None)
+    res = SSIRLoss(bin_width=1.0, epsilon=1e-2, subset=0.5)(model, x, y, call=call)
+    res.loss.backward()
+    assert [s[2] for s in seen] == [True, False, False]           # clean, step 2, consistency
+    assert seen[0][:2] == (16, None)
+    for n, rows, _, n_labels in seen[1:]:
+        assert n == n_labels == 8 and torch.equal(rows, res.index)
+    assert res.features.shape == (16, 8) and res.features.requires_grad
+    assert torch.equal(model.fds.num_samples_tracked, tracked)
+    assert int(model.fds._count.sum()) == 0

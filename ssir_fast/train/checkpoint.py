@@ -1,5 +1,14 @@
-"""Checkpoint files of the training CLI: tensors and plain values only, read with
-``torch.load(weights_only=True)``.
+"""Checkpoint files and run logs of the training CLI: what a run writes to its folder and reads
+back on --resume.
+
+    state = training_state(...)        # last.pt: everything an exact resume needs
+    atomic_save(state, path)           # never half-written
+    start, record = resume(...)        # restore model, optimiser, scheduler, RNGs; refuse what
+                                       # would make the continued run differ
+    write_history(out, history)        # metrics.jsonl and metrics.csv
+    with tensorboard(out, on) as tb:   # a SummaryWriter or None
+
+Checkpoints hold tensors and plain values only, read with ``torch.load(weights_only=True)``.
 
 A checkpoint someone sent you cannot run code when it is opened: nothing in it needs the full
 pickle machinery. What used to need it is stored as tensors and lists instead:
@@ -13,18 +22,24 @@ Every failure to read a checkpoint is a `ConfigError` naming the file and what i
 empty, truncated, not a PyTorch file, objects other than tensors and plain values, another
 ssir-fast format, or a model whose parameters differ (missing / unexpected keys, other shapes).
 """
+import contextlib
+import csv
+import json
 import os
 import pickle
 import random
 import zipfile
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
 
 from .config import ConfigError
 
-__all__ = ["FORMAT", "atomic_save", "load_checkpoint", "load_model_state", "rng_state",
-           "set_rng_state"]
+__all__ = ["FORMAT", "atomic_save", "write_text_atomic", "load_checkpoint", "load_model_state",
+           "rng_state", "set_rng_state", "RunRecord", "training_state", "best_checkpoint",
+           "RESUME_FREE", "resume", "write_history", "tensorboard"]
 
 # 2: RNG states as tensors / lists (weights_only), torchvision's ResNet key names
 FORMAT = 2
@@ -34,6 +49,14 @@ def atomic_save(obj, path):
     """torch.save to a temporary file in the same folder, then os.replace (never half-written)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path, text):
+    """Write `text` to a temporary file in the same folder, then os.replace."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -130,3 +153,122 @@ def load_model_state(model, state, path, what, model_desc="this model", ignore=(
         raise ConfigError(f"{what}: the model in {path} does not fit {model_desc}: "
                           + "; ".join(parts))
     model.load_state_dict(state, strict=not ignore)
+
+
+# ---- a run's state: writing and resuming ------------------------------------------------------
+
+@dataclass
+class RunRecord:
+    """What a run has learnt about itself so far: the best epoch and score ({"epoch", "score"}),
+    one record per epoch, and the best model's state (on the CPU)."""
+    best: Optional[dict] = None
+    history: list = field(default_factory=list)
+    best_state: Optional[dict] = None
+
+
+def training_state(cfg, epoch, model, optimizer, scheduler, loss_module, precision, env, record):
+    """The last.pt dict after `epoch` (0-based): model (FDS statistics included), optimiser,
+    scheduler, loss module, gradient scaler, every rank's RNG states (gathered: a collective,
+    all ranks call it), the run record and the configuration."""
+    rngs = [rng_state()]
+    if env.active:
+        rngs = [None] * env.world
+        torch.distributed.all_gather_object(rngs, rng_state())
+    return {"format": FORMAT, "kind": "last", "config": cfg.to_dict(), "epoch": epoch,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "loss_module": None if loss_module is None else loss_module.state_dict(),
+            "rng": rngs, "best": record.best, "history": record.history,
+            "best_model": record.best_state, "world": env.world,
+            "scaler": precision.state_dict()}
+
+
+def best_checkpoint(cfg, epoch, model_state, score):
+    """The best.pt dict: the model of 1-based `epoch` and its validation score."""
+    return {"format": FORMAT, "kind": "best", "config": cfg.to_dict(), "epoch": epoch,
+            "model": model_state, "score": score}
+
+
+# options that do not change what is trained: free to change on --resume (--epochs may also
+# grow: the epochs already trained are the same for any total, schedules included, except
+# cosine, whose period follows --epochs and is stretched from the resumed epoch on)
+RESUME_FREE = ("resume", "stop_after", "progress", "out", "plots", "tensorboard", "device",
+               "workers", "backend", "epochs", "many_thr", "few_thr", "many_bins",
+               "medium_bins", "few_bins")
+
+
+def resume(out, cfg, env, model, optimizer, scheduler, loss_module, precision, log):
+    """Restore the run in <out>/last.pt into the freshly built pieces and this rank's RNG
+    states. Returns (the first epoch to train, RunRecord). A ConfigError when the checkpoint was
+    trained with other options (except RESUME_FREE), holds more epochs than cfg.epochs, came
+    from another number of processes, or does not fit."""
+    path = os.path.join(out, "last.pt")
+    ck = load_checkpoint(path, "--resume", need=("config", "model", "optimizer", "scheduler",
+                                                 "rng", "epoch", "world"))
+    old = {k: v for k, v in ck["config"].items() if k not in RESUME_FREE}
+    new = {k: v for k, v in cfg.to_dict().items() if k in old}
+    diff = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
+    if diff:
+        raise ConfigError(f"--resume: the run in {out} was trained with different options "
+                          f"(checkpoint vs now): {diff}")
+    done = ck["epoch"] + 1
+    if cfg.epochs < done:
+        raise ConfigError(f"--resume: the run in {out} has already trained {done} epochs; "
+                          f"--epochs {cfg.epochs} would leave some out (give --epochs >= "
+                          f"{done})")
+    if ck["world"] != env.world:
+        raise ConfigError(f"--resume: the checkpoint was written by {ck['world']} processes, "
+                          f"now {env.world}")
+    load_model_state(model, ck["model"], path, "--resume",
+                     f"--model {cfg.model} --width {cfg.width}")
+    try:
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        if loss_module is not None:
+            loss_module.load_state_dict(ck["loss_module"])
+        precision.load_state_dict(ck.get("scaler"))
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise ConfigError(f"--resume: the optimiser, scheduler or loss state in {path} does "
+                          f"not fit this run: {e}") from None
+    old_epochs = ck["config"].get("epochs")
+    if old_epochs != cfg.epochs:
+        if cfg.schedule == "cosine":
+            scheduler.T_max = cfg.epochs
+        log(f"--resume: extending the run from {old_epochs} to {cfg.epochs} epochs")
+    set_rng_state(ck["rng"][env.rank])
+    return done, RunRecord(ck["best"], ck["history"], ck["best_model"])
+
+
+# ---- logs -------------------------------------------------------------------------------------
+
+def write_history(out, history):
+    """<out>/metrics.jsonl (one record per epoch) and <out>/metrics.csv (every key seen), both
+    replaced atomically."""
+    write_text_atomic(os.path.join(out, "metrics.jsonl"),
+                      "".join(json.dumps(r) + "\n" for r in history))
+    keys = []
+    for r in history:
+        keys += [k for k in r if k not in keys]
+    path = os.path.join(out, "metrics.csv")
+    tmp = path + f".tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        for r in history:
+            w.writerow(r)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def tensorboard(folder, enabled):
+    """A SummaryWriter writing to `folder` when `enabled` (closed on exit), else None."""
+    if not enabled:
+        yield None
+        return
+    # optional dependency (tensorboard): imported only when --tensorboard asks for it
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(folder)
+    try:
+        yield writer
+    finally:
+        writer.close()

@@ -15,16 +15,25 @@
   upsamples the deepest map and fuses the skip connections (sum after a 1x1 projection), ending in
   a 1-channel depth map at the input resolution.
 
-The wrapper `Regressor` records the clean forward's features (for FDS statistics and RankSim)
-when ``capture`` is on, and receives the batch labels FDS needs through ``set_labels``: the SSIR
-loss calls ``model(x)`` several times per step with the same batch order, so the labels stay valid
-for all of its passes.
+The model protocol (`Regressor`): ``model(x)`` returns the prediction, as any nn.Module would
+(evaluation, plots, SSIRLoss with its default call). The training step asks for more, explicitly:
+
+    out = model(x, labels=y, epoch=e, features=True)   # RegressionOutput(pred, features)
+    pred = model(x, labels=y, epoch=e)                 # the prediction only
+
+- ``labels``: the batch's labels; FDS calibrates the features with its current statistics (in
+  training, from its start_smooth epoch). Without labels FDS is off. The forward never collects
+  FDS statistics: the step feeds ``fds.update`` with the features of the clean pass.
+- ``features=True``: the encoder's features (before FDS) come back next to the prediction, for
+  the FDS statistics and RankSim. Nothing is kept on the module between calls.
 """
+from typing import NamedTuple, Optional
+
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["Regressor", "build_model", "MODELS", "ResNet", "DepthNet"]
+__all__ = ["Regressor", "RegressionOutput", "build_model", "MODELS", "ResNet", "DepthNet"]
 
 MODELS = ("mlp", "cnn", "resnet18", "resnet50", "depthnet")
 
@@ -178,9 +187,15 @@ class DepthNet(nn.Module):
         return self.out(d)
 
 
+class RegressionOutput(NamedTuple):
+    """What ``Regressor(x, ..., features=True)`` returns: the prediction and the encoder's
+    features (before FDS), both with their graph. A pair: ``pred, feats = model(...)``."""
+    pred: torch.Tensor
+    features: Optional[torch.Tensor]
+
+
 class Regressor(nn.Module):
-    """encoder -> [FDS] -> head. ``capture`` records the first forward's (pre-FDS) features after
-    each ``begin_step``; ``set_labels(y, epoch)`` gives FDS the labels of the current batch."""
+    """encoder -> [FDS] -> head. See the module docstring for the forward's protocol."""
 
     def __init__(self, encoder, head, fds=None):
         super().__init__()
@@ -189,23 +204,17 @@ class Regressor(nn.Module):
         # the head starts in the label range (see `set_output_range`).
         self.register_buffer("out_scale", torch.ones(()))
         self.register_buffer("out_shift", torch.zeros(()))
-        self.capture = False
-        self.features = None
-        self._labels, self._epoch = None, None
 
-    def begin_step(self, labels=None, epoch=None, capture=False):
-        self._labels, self._epoch, self.capture, self.features = labels, epoch, capture, None
-
-    def end_step(self):
-        self._labels, self.capture, self.features = None, False, None
-
-    def forward(self, x):
+    def forward(self, x, labels=None, epoch=None, features=False):
+        """The prediction, or with ``features=True`` a RegressionOutput(pred, features).
+        ``labels`` (one per sample of x) let FDS calibrate the features of epoch ``epoch`` in
+        training; without them FDS is off."""
         f = self.encoder(x)
-        if self.capture and self.features is None:
-            self.features = f
-        if self.fds is not None and self._labels is not None and self.training:
-            f = self.fds(f, self._labels, self._epoch)
-        return self.head(f) * self.out_scale + self.out_shift
+        g = f
+        if self.fds is not None and labels is not None and self.training:
+            g = self.fds(f, labels, epoch)
+        pred = self.head(g) * self.out_scale + self.out_shift
+        return RegressionOutput(pred, f) if features else pred
 
     def set_output_range(self, shift, scale=1.0):
         self.out_shift.fill_(float(shift))

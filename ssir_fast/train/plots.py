@@ -11,11 +11,17 @@
 import os
 
 import numpy as np
+import torch
+
+from ..metrics import plot_per_bin
+from ..ssir import SSIRLoss
 
 __all__ = ["plot_run", "plot_curves", "plot_similarity", "plot_perturbations", "plot_sweep"]
 
 
 def _plt():
+    # optional dependency (matplotlib): imported when a plot is drawn, so the package and the
+    # CLI work without it (the trainer then skips its plots)
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -76,7 +82,6 @@ def plot_similarity(history, path):
 
 def plot_run(out, result, history):
     """The end-of-run plots of a training run into folder `out`; returns the paths."""
-    from ..metrics import plot_per_bin
     paths = [plot_per_bin(result, os.path.join(out, "per_bin_test.png"),
                           title="test MAE per bin over the training label histogram")]
     if history:
@@ -92,8 +97,6 @@ def plot_perturbations(model, x, y, epsilons, path, bin_width=1.0, n=4, mean=0.5
     `epsilons`, and the perturbation r = x~ - x scaled to the full grey range (or by `amplify`).
     x~ comes from `ssir_fast.SSIRLoss` with the given options, so it is exactly what training
     uses. The model is left unchanged (SSIR runs its passes on scratch buffers)."""
-    import torch
-    from ..ssir import SSIRLoss
     plt = _plt()
     x, y = x[:n], y[:n]
     was = model.training
