@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+import torch
+
 from ..data import registry
 
 __all__ = ["TrainConfig", "ConfigError", "SECTIONS", "LOSSES", "load_config_file", "add_arguments",
@@ -287,6 +289,8 @@ def load_config_file(path):
     if not os.path.isfile(path):
         raise ConfigError(f"--config: file not found: {path}")
     ext = os.path.splitext(path)[1].lower()
+    # optional dependencies, imported for the config file that needs them: tomllib (Python >=
+    # 3.11, else tomli) and PyYAML
     if ext == ".toml":
         try:
             import tomllib
@@ -738,14 +742,13 @@ def validate(cfg):
         need(isinstance(cfg.step_size, int) and cfg.step_size >= 1,
              f"--schedule step needs --step-size >= 1, got {cfg.step_size}")
     if cfg.tensorboard:
-        try:
+        try:   # optional dependency: checked here, imported by the run that writes to it
             import torch.utils.tensorboard  # noqa: F401
         except Exception:
             errs.append("--tensorboard needs the tensorboard package: pip install tensorboard")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
         errs.append(f"--device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if str(cfg.device).startswith("cuda"):
-        import torch
         need(torch.cuda.is_available(), f"--device {cfg.device}: no CUDA device is available")
     if cfg.threads is not None:
         need(cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")

@@ -125,7 +125,7 @@ def run_motivation(out="runs/motivation", quick=False, ratios=None, seeds=None, 
 
 
 def _plot(rows, path):
-    import matplotlib
+    import matplotlib   # optional dependency: the figure only; the CSV/JSON results do without
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     r = [row["ratio"] for row in rows]
