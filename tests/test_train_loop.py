@@ -147,3 +147,16 @@ def test_ssir_passes_say_what_they_want_of_fds():
     assert res.features.shape == (16, 8) and res.features.requires_grad
     assert torch.equal(model.fds.num_samples_tracked, tracked)
     assert int(model.fds._count.sum()) == 0
+
+
+def test_compile_with_ssir_scopes_the_donated_buffer_setting_to_the_step(root, tmp_path):
+    # compiled backwards with donated buffers refuse SSIR's retain_graph: the step turns them off
+    # around its own calls only, never for the process
+    import torch._functorch.config as functorch_config
+    t = trainer(root, tmp_path, 4, ssir=True)
+    before = functorch_config.donated_buffer
+    t.step = type(t.step)(t.model, t.forward_model, t.losses.base, t.opt, t.precision, t.env,
+                          ssir=t.ssir, compiled=True)
+    with t.step._compile_scope():
+        assert functorch_config.donated_buffer is False
+    assert functorch_config.donated_buffer == before
