@@ -121,9 +121,8 @@ def make_trainer(data_root, backend, method, device, out):
     values.update({"data": "default"} if data_root is None else
                   {"data": "agedb", "data_root": data_root})
     t = Trainer(make_config(values), log=lambda *a: None)
-    t._setup()
-    t._optimizer(t.model.parameters())
-    t._epochs = EPOCHS
+    t.setup()
+    t.prepare(t.model.parameters())
     return t
 
 
@@ -135,9 +134,9 @@ def run_case(data_root, backend, method, device, benchmark, tmp_path):
     for epoch in range(EPOCHS):
         if epoch == EPOCHS - 1:      # the last epoch is the one pytest-benchmark times
             rec = {}
-            benchmark.pedantic(lambda: rec.update(t.train_epoch(epoch)), rounds=1, iterations=1)
+            benchmark.pedantic(lambda: rec.update(t.train_epoch(epoch, EPOCHS)), rounds=1, iterations=1)
         else:
-            rec = t.train_epoch(epoch)
+            rec = t.train_epoch(epoch, EPOCHS)
         recs.append(rec)
         if "val" in t.loaders:
             t.evaluate("val")        # as in training: the next epoch's loading overlaps it

@@ -52,6 +52,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .ops.binning import raw_bin_index  # the rule lives with the kernels that share it
+
 __all__ = ["LabelBins", "raw_bin_index", "lds_kernel", "bin_weights", "sample_weights",
            "lookup_weights", "weighted_sampler", "REWEIGHTS", "KERNELS", "PADDINGS", "DIR_RECIPES"]
 
@@ -64,50 +66,6 @@ DIR_RECIPES = {
     "age": dict(inv_clip=(5, 1000), lds_padding="constant"),   # agedb-dir, imdb-wiki-dir
     "depth": dict(inv_clip=None, lds_padding="reflect"),       # nyud2-dir (per-pixel counts)
 }
-
-
-_F32_MAX = float(np.finfo(np.float32).max)
-
-
-def _decimal_rule(y_min, bin_width, num_bins):
-    """(s, k0) of the decimal bin rule (module docstring) for these bins, or None when the float64
-    rule applies. The same float64 tests as `BinIndexer::make` in csrc/bin_reduce_common.h."""
-    y_min, bin_width = float(y_min), float(bin_width)
-    if math.frexp(bin_width)[0] == 0.5:          # power of two: the float64 quotient is exact
-        return None
-    inv = 1.0 / bin_width
-    if not inv <= 2.0 ** 25:                    # also inf for a subnormal width
-        return None
-    s = float(round(inv))
-    if not (2.0 <= s <= 2.0 ** 24 and abs(inv - s) <= 1e-9 * s):   # s exact in float32
-        return None
-    k = y_min * s
-    k0 = float(round(k))
-    if abs(k - k0) > 1e-9 * max(1.0, abs(k)) or abs(k0) + num_bins > 2.0 ** 22:
-        return None
-    return s, k0
-
-
-def raw_bin_index(labels, y_min, bin_width, num_bins):
-    """Unclamped bin position floor(...) of each label as float64 (tensor or ndarray, as the
-    input), by the rule of the module docstring; `LabelBins.index` clamps it."""
-    rule = _decimal_rule(y_min, bin_width, num_bins)
-    if isinstance(labels, torch.Tensor):
-        if rule is None:
-            return torch.floor((labels.double() - float(y_min)) / float(bin_width))
-        s, k0 = rule
-        if labels.dtype in (torch.float32, torch.float16, torch.bfloat16):
-            yf = labels.float()
-        else:
-            yf = labels.double().clamp(-_F32_MAX, _F32_MAX).float()
-        return torch.floor(yf * s).double() - k0          # float32 product, as the official code
-    y = np.asarray(labels, dtype=np.float64)
-    if rule is None:
-        return np.floor((y - float(y_min)) / float(bin_width))
-    s, k0 = rule
-    yf = np.clip(y, -_F32_MAX, _F32_MAX).astype(np.float32)
-    with np.errstate(over="ignore"):                      # |y| near float32 max -> inf: edge bin
-        return np.floor(yf * np.float32(s)).astype(np.float64) - k0
 
 
 @dataclass(frozen=True)

@@ -300,7 +300,7 @@ def test_nyud2_bins_clamp_and_ignore_beyond_the_range():
 
 
 def test_power_of_two_and_other_widths_keep_the_float64_rule():
-    from ssir_fast.imbalance import _decimal_rule
+    from ssir_fast.ops.binning import decimal_rule as _decimal_rule
     assert _decimal_rule(0.7, 0.1, 93) == (10.0, 7.0)
     assert _decimal_rule(0.0, 0.05, 10) == (20.0, 0.0)
     for y_min, width, n in [(0.0, 1.0, 121), (0.0, 0.5, 10), (0.0, 0.25, 10), (-3.0, 0.3, 50),

@@ -6,7 +6,7 @@ flattened) the op adds to row b of a [num_bins, 12] float64 table, where
     b = clamp(floor((y - y_min) / bin_width), 0, num_bins - 1)      (as LabelBins.index)
 
 (for decimal widths such as 0.1 m, the official DIR rule floor(float32(y) * 10) - 7 instead: see
-ssir_fast.imbalance, whose `raw_bin_index` the fallback below calls)
+ssir_fast.ops.binning, whose `raw_bin_index` the fallback below calls)
 
 and the columns (constants below, `COLUMNS` names them) hold
 
@@ -39,7 +39,7 @@ import numbers
 import torch
 
 from .._extension import HAS_EXTENSION
-from ..imbalance import raw_bin_index
+from .binning import raw_bin_index
 from ._common import fake_check_float, fake_check_same, require_tensor, use_kernel
 
 __all__ = ["bin_reduce", "bin_reduce_torch", "COLUMNS", "NUM_COLUMNS", "DEFAULT_FLOOR"]

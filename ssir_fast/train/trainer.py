@@ -120,10 +120,6 @@ class Trainer:
                               ranksim_gamma=cfg.ranksim_gamma, ranksim_lam=cfg.ranksim_lam,
                               compiled=cfg.compile, rrt=rrt)
 
-    # benchmarks/bench_e2e.py (another work area) still calls the former private names
-    _setup = setup
-    _optimizer = prepare
-
     # what the builders made, by name
     ds = property(lambda self: self.data.ds)
     bins = property(lambda self: self.data.bins)
