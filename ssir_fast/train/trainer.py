@@ -217,6 +217,7 @@ class Trainer:
         """Train (or RRT) then test. Returns the test result dict of BinnedMetrics.compute() (with
         "stopped": True and no test when --stop-after interrupted the run)."""
         cfg = self.cfg
+        finished = False
         try:
             self.setup()
             if self.env.main:   # the merged configuration: --config gives the run back
@@ -225,16 +226,20 @@ class Trainer:
             self.log(f"device={self.device} processes={self.env.world} out={self.out} "
                      f"train={len(self.ds.splits['train'])}")
             if cfg.rrt:
-                return self._run_rrt()
-            self.prepare(self.model.parameters())
-            start, record = 0, RunRecord()
-            if cfg.resume:
-                start, record = resume(self.out, cfg, self.env, self.model, self.opt, self.sched,
-                                       self.losses.module, self.precision, self.log)
-                self.log(f"resuming from epoch {start + 1} ({self._path('last.pt')})")
-            return self._loop(start, cfg.epochs, record)
+                result = self._run_rrt()
+            else:
+                self.prepare(self.model.parameters())
+                start, record = 0, RunRecord()
+                if cfg.resume:
+                    start, record = resume(self.out, cfg, self.env, self.model, self.opt,
+                                           self.sched, self.losses.module, self.precision,
+                                           self.log)
+                    self.log(f"resuming from epoch {start + 1} ({self._path('last.pt')})")
+                result = self._loop(start, cfg.epochs, record)
+            finished = True
+            return result
         finally:
-            self.env.close()
+            self.env.close(barrier=finished)
 
     def _loop(self, start, epochs, record):
         cfg = self.cfg
