@@ -175,10 +175,11 @@ class SSIRLoss(torch.nn.Module):
             self._bounds_on[device] = (move(self.clip_min), move(self.clip_max))
         return self._bounds_on[device]
 
-    def _dist(self, a, b):
+    def _dist(self, a, b, distance=None):
         # fp32 at least (bf16/fp16 outputs under autocast), fp64 kept for fp64 models.
         dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-        return distance_per_sample(self.distance, a.to(dtype), b.to(dtype), self.huber_beta)
+        return distance_per_sample(distance or self.distance, a.to(dtype), b.to(dtype),
+                                   self.huber_beta)
 
     def _check(self, x, y, pred, noise, weight):
         if y.numel() != pred.numel():
@@ -203,10 +204,6 @@ class SSIRLoss(torch.nn.Module):
             return contextlib.nullcontext()
         rng.restore()
         return scratch_buffers(model)
-
-    def _dist_l1(self, a, b):
-        dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-        return distance_per_sample("l1", a.to(dtype), b.to(dtype))
 
     def rarity(self, y):
         """Per-sample rarity: 1 / training count of the label's bin (mean over the elements of a
@@ -311,7 +308,7 @@ class SSIRLoss(torch.nn.Module):
         loss = supervised + self.lam * consistency
         with torch.no_grad():
             ref_t = ref if index is None else ref[index]
-            change = self._dist_l1(adv.detach(), ref_t)
+            change = self._dist(adv.detach(), ref_t, "l1")
             similarity = (self._dist(adv.detach(), ref_t) < self.delta).float().mean()
             n = x.shape[0]
             xf = x.reshape(n, -1).float()
@@ -335,11 +332,14 @@ def draw_subset(rarity, fraction, generator=None):
     k = max(1, int(round(fraction * n)))
     if k >= n:
         return torch.arange(n, device=rarity.device)
-    if not bool(torch.isfinite(rarity).all()) or bool((rarity < 0).any()):
+    # one host read for all three checks (a GPU training step should not wait more than once)
+    finite, negative, positive = torch.stack([torch.isfinite(rarity).all(), (rarity < 0).any(),
+                                              (rarity > 0).sum()]).tolist()
+    if not finite or negative:
         raise ValueError("rarity must be finite and >= 0")
-    w = rarity if bool((rarity > 0).any()) else torch.ones_like(rarity)
+    w = rarity if positive > 0 else torch.ones_like(rarity)
     # zero-weight rows can only come after every positive one: a tiny floor keeps them drawable
-    w = w + (w.max() * 1e-12 if int((w > 0).sum()) < k else 0.0)
+    w = w + (w.max() * 1e-12 if (positive if positive > 0 else n) < k else 0.0)
     return torch.multinomial(w, k, replacement=False, generator=generator).sort().values
 
 
