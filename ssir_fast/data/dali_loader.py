@@ -352,7 +352,7 @@ class DaliImageLoader(ImageLoaderBase):
         try:
             read_image_bytes(self.view, i)
             if self.dataset.kind == "depth":
-                self._read_depth(i)
+                read_sample_depth(self.dataset, self.view, i)
         except DataError as e:
             return str(e)
         return f"{self.view.where(i)}: could not be read by the DALI source"

@@ -43,9 +43,11 @@ def sample_test_mask(dataset, split, i):
 class ImageLoaderBase:
     """Iterable over (inputs, targets, weights) batches of one split; one pass = one epoch.
 
-    Images leave the decoder as uint8 and are normalised on ``device`` (`normalize_batch`): on
-    CUDA they are channels_last float32, elsewhere NCHW-contiguous. Worker processes / pipelines
-    are started once per loader and reused by every epoch; `close()` stops them early.
+    Images come out normalised, (x / 255 - mean) / std, float32: on CUDA channels_last (the torch
+    backend ships uint8 and normalises on the device, `normalize_batch`; DALI in its pipeline),
+    elsewhere NCHW-contiguous (normalised by the torch workers or the DALI CPU pipeline). Worker
+    processes / pipelines are started once per loader and reused by every epoch; `close()` stops
+    them early.
 
     ``len(loader)`` is the number of batches of this shard; the last batch keeps the remainder
     (never dropped, never padded unless ``even_shards=True``, where the repeated samples get weight
@@ -185,9 +187,3 @@ class ImageLoaderBase:
         if self.device.type != "cuda" or t.is_cuda:
             return t.to(self.device)
         return (t if t.is_pinned() else t.pin_memory()).to(self.device, non_blocking=True)
-
-    def _read_depth(self, i):
-        return read_sample_depth(self.dataset, self.view, i)
-
-    def _test_mask(self, i):
-        return sample_test_mask(self.dataset, self.split, i)
