@@ -18,12 +18,13 @@ from ._common import fake_check_float, fake_check_same, require_tensor, use_kern
 __all__ = ["perturb", "perturb_torch"]
 
 
-def _bound(value, name, x=None):
+def _bound(value, name, x=None, device=None):
     """A clip bound as None or a float32 tensor of shape [] or [C]: the one conversion of clip
     bounds (SSIRLoss uses it too). `value` is None, a float, a sequence of per-channel floats or
     a tensor. With `x` the bound is checked against x's channels (dim 1) and moved to x's device;
-    without it (SSIRLoss at construction) it is a CPU tensor. NaN is refused where it can be
-    seen without a device sync (floats, sequences, CPU tensors)."""
+    without it, it goes to `device` (`perturb`: x's device, unchecked, as the kernels check it)
+    or, when that is None too (SSIRLoss at construction), to the CPU. NaN is refused where it can
+    be seen without a device sync (floats, sequences, CPU tensors)."""
     if value is None:
         return None
     if isinstance(value, torch.Tensor):
@@ -42,7 +43,7 @@ def _bound(value, name, x=None):
     t = t.to(torch.float32)
     if t.device.type == "cpu" and bool(torch.isnan(t).any()):
         raise ValueError(f"{name} is NaN" if t.dim() == 0 else f"{name} contains NaN")
-    t = t.to(x.device) if x is not None else t.cpu()
+    t = t.to(x.device if x is not None else device if device is not None else "cpu")
     return t.reshape(-1) if t.dim() else t
 
 
@@ -71,8 +72,8 @@ def perturb(x, g, epsilon, clip_min=None, clip_max=None, out=None):
         epsilon, eps_rows = 1.0, epsilon.detach()  # radius_i = 1.0 * epsilon[i]
     else:
         epsilon, eps_rows = float(epsilon), None
-    lo, hi = (_bound(b, name) for b, name in ((clip_min, "clip_min"), (clip_max, "clip_max")))
-    lo, hi = (None if b is None else b.to(x.device) for b in (lo, hi))
+    lo, hi = (_bound(b, name, device=x.device)
+              for b, name in ((clip_min, "clip_min"), (clip_max, "clip_max")))
     if out is not None:
         require_tensor(out, "out")
     if not use_kernel(x.device):
