@@ -62,7 +62,7 @@ struct Params {
 // Bin of a finite target, as LabelBins.index (ssir_fast/imbalance.py, whose docstring states the
 // rule and its reason); sets `oor` when the index was clamped into an edge bin. Shared by the CPU
 // and CUDA kernels so that both put every pair in the same bin. Two rules, chosen once per call
-// from (y_min, bin_width, num_bins) with the same float64 tests as imbalance._decimal_rule:
+// from (y_min, bin_width, num_bins) with the same float64 tests as ops/binning.py decimal_rule:
 //
 //  * decimal rule, when bin_width is not a power of two, 1 / bin_width is an integer s in
 //    [2, 2^24] (0.1 m: s = 10), y_min * s is an integer k0 and |k0| + num_bins <= 2^22:
