@@ -1,8 +1,14 @@
-"""Build script for the ssir_fast C++/CUDA extension (`ssir_fast._C`).
+"""Build script for the ssir_fast kernels: `ssir_fast._C` (CPU kernels and the op schemas) and,
+with a CUDA torch and nvcc, `ssir_fast._C_cuda` (the CUDA kernels, loaded only under a CUDA torch
+of the same CUDA major version).
 
-Build with the torch you already have installed:
+Both libraries use only the LibTorch stable ABI (torch/csrc/stable, torch/headeronly) with
+TORCH_TARGET_VERSION 2.10, and Python's limited API (abi3, 3.10+): one binary serves every torch
+from 2.10 on and every Python from 3.10 on. Build in place with the torch you have:
 
     pip install --no-build-isolation -e .
+
+or the redistributable wheel with `bash tools/build_wheel.sh`.
 
 Environment switches
 --------------------
@@ -12,7 +18,8 @@ SSIR_FAST_FORCE_CUDA=1  require the CUDA kernels; fail with a clear message if t
 CUDA_HOME               CUDA toolkit root; falls back to the directory of `nvcc` on PATH, then
                         /usr/local/cuda.
 TORCH_CUDA_ARCH_LIST    GPU architectures to compile for. When no GPU is visible (a build machine),
-                        defaults to "8.0;9.0+PTX" instead of torch's detection, which needs a GPU.
+                        defaults to "8.0;9.0+PTX" instead of torch's detection, which needs a GPU
+                        (tools/build_wheel.sh sets the release list).
 SSIR_FAST_DEBUG=1       -O0 -g builds.
 
 The CPU kernels are always built. CUDA sources are added when torch is a CUDA build and nvcc is found,
@@ -23,6 +30,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 from setuptools import setup
 
@@ -86,44 +94,57 @@ def _want_cuda():
     return True
 
 
+# The oldest torch whose stable ABI the kernels use: [major][minor][patch][abi tag] bytes.
+TORCH_TARGET = "2.10"
+TORCH_TARGET_FLAG = "-DTORCH_TARGET_VERSION=0x020a000000000000"
+
+
 def _write_build_info(with_cuda):
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
     with open(os.path.join(HERE, "ssir_fast", "_build_info.py"), "w") as f:
-        f.write("# Written by setup.py: the torch this extension was compiled against.\n")
-        f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
+        f.write("# Written by setup.py: what the compiled kernels were built with.\n")
+        f.write(f"TORCH_VERSION = {torch.__version__!r}  # the torch they were compiled against\n")
+        f.write(f"TORCH_TARGET = {TORCH_TARGET!r}  # stable-ABI target: runs with torch >= this\n")
         f.write(f"TORCH_CUDA = {torch.version.cuda!r}\n")
         f.write(f"WITH_CUDA = {with_cuda!r}\n")
+        f.write(f"CUDA_ARCHS = {archs!r}\n")
 
 
-def _extension():
+def _extensions():
     with_cuda = _want_cuda()
     _write_build_info(with_cuda)
-    sources = ["csrc/ssir_fast.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     debug = _flag("SSIR_FAST_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-fopenmp"]  # the C++ standard is the one torch asks for
-    # One binary for several Python versions: only the empty PyInit stub touches Python's C API.
+    # Only the empty PyInit stubs touch Python's C API: abi3, one binary for Python 3.10+.
     macros = [("Py_LIMITED_API", "0x030A0000")]
-    kwargs = dict(name="ssir_fast._C", include_dirs=[os.path.join(HERE, "csrc")],
-                  extra_link_args=["-fopenmp"], py_limited_api=True)
+    common = dict(include_dirs=[os.path.join(HERE, "csrc")], py_limited_api=True)
+    # manylinux_2_28: no symbol newer than glibc 2.28, whatever system builds it (the header says why).
+    compat = os.path.join(HERE, "csrc", "glibc_compat.h")
+    cxx_compat = ["-include", compat] if sys.platform.startswith("linux") else []
+    nvcc_compat = [f"-Xcompiler=-include,{compat}"] if cxx_compat else []
+    # The CPU kernels use torch's own thread pool (stable parallel_for): no OpenMP runtime.
+    cpu_sources = ["csrc/ssir_fast.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    exts = [CppExtension(name="ssir_fast._C", sources=cpu_sources, define_macros=macros,
+                         extra_compile_args={"cxx": opt + [TORCH_TARGET_FLAG] + cxx_compat},
+                         **common)]
     if with_cuda:
         # Kernels (.cu, nvcc) and their host entry points (.cpp, the C++ compiler).
-        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+        sources = (sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+                   + ["csrc/python_module_cuda.cpp"])
         # No --use_fast_math: it swaps logf and division for approximations, and bin_reduce's
-        # CUDA sums must agree with the CPU kernel's (issue 10 defect 2); the kernels are
-        # memory-bound, so the precise versions cost no time that matters.
-        nvcc = opt + ["-lineinfo"]
-        # cuBLAS/cuSPARSE headers of the pip CUDA wheels, for headers that want them.
-        site_inc = os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "include")
-        if os.path.isdir(site_inc):
-            kwargs["include_dirs"].append(os.path.abspath(site_inc))
-        return CUDAExtension(sources=sources, define_macros=macros + [("SSIR_FAST_WITH_CUDA", None)],
-                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
-    return CppExtension(sources=sources, define_macros=macros, extra_compile_args={"cxx": cxx},
-                        **kwargs)
+        # CUDA sums must agree with the CPU kernel's; the kernels are memory-bound, so the
+        # precise versions cost no time that matters. USE_CUDA declares the shim's CUDA stream.
+        nvcc = opt + ["-lineinfo", TORCH_TARGET_FLAG, "-DUSE_CUDA"] + nvcc_compat
+        exts.append(CUDAExtension(
+            name="ssir_fast._C_cuda", sources=sources, define_macros=macros,
+            extra_compile_args={"cxx": opt + [TORCH_TARGET_FLAG, "-DUSE_CUDA"] + cxx_compat,
+                                "nvcc": nvcc},
+            **common))
+    return exts
 
 
 setup(
-    ext_modules=[_extension()],
+    ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

@@ -138,26 +138,27 @@ def run_case(data_root, backend, method, device, benchmark, tmp_path):
         else:
             rec = t.train_epoch(epoch, EPOCHS)
         recs.append(rec)
-        if "val" in t.loaders:
+        if "val" in t.data.loaders:
             t.evaluate("val")        # as in training: the next epoch's loading overlaps it
-    bs = t.train_loader.batch_size
-    n = len(t.train_loader.view)
+    bs = t.data.train_loader.batch_size
+    n = len(t.data.train_loader.view)
     later = recs[1:]
     steady = sum(n - bs for _ in later) / sum(r["epoch_time_s"] - r["first_batch_s"]
                                                for r in later)
     # the loader alone, one epoch without the model: what bounds the feed when it is short
     t0 = time.perf_counter()
-    n_read = sum(b[0].shape[0] for b in t.train_loader)
-    sync_device(t.device)
+    n_read = sum(b[0].shape[0] for b in t.data.train_loader)
+    sync_device(t.runtime.device)
     loader_only = n_read / (time.perf_counter() - t0)
     # the same epoch loop fed one batch already on the device: the model step alone
-    batch = next(iter(t.train_loader))
-    loader, t.train_loader = t.train_loader, _SameBatch(batch, max(4, len(t.train_loader)))
+    batch = next(iter(t.data.train_loader))
+    loader = t.data.train_loader
+    t.data.train_loader = _SameBatch(batch, max(4, len(loader)))
     t.train_epoch(EPOCHS)                      # warm-up for this exact shape
     model = t.train_epoch(EPOCHS + 1)["images_per_s"]
-    t.train_loader = loader
+    t.data.train_loader = loader
     first = [round(r["first_batch_s"], 3) for r in recs]
-    fig = {"backend": backend, "method": method, "device": device_name(t.device),
+    fig = {"backend": backend, "method": method, "device": device_name(t.runtime.device),
            "workers": t.cfg.workers, "batch": bs, "n_train": n, "epochs": EPOCHS,
            "data": DATA, "stored_px": None if data_root is None else SIZE,
            "first_batch_s": first, "later_over_first": round(max(first[1:]) / first[0], 3),
@@ -167,7 +168,7 @@ def run_case(data_root, backend, method, device, benchmark, tmp_path):
            "epoch_img_s": [round(r["images_per_s"], 1) for r in recs]}
     benchmark.extra_info.update(fig)
     record({"bench": f"e2e_{device}", **fig})
-    for ld in [t.train_loader, *t.loaders.values()]:
+    for ld in [t.data.train_loader, *t.data.loaders.values()]:
         ld.close()
     return fig
 

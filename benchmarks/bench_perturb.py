@@ -10,9 +10,10 @@ copy probe counts read + write of one copy of the same size, both in this run. T
 minimum traffic is 6 passes (g twice: the norm, then the projection and update; the incoming
 gradient and x once; the gradients of x and g written once). On a GPU, test_perturb_kinds_speed
 also covers every bound kind (none, scalar, per-channel [3], per-sample epsilon) and dtype (fp32,
-bf16, fp16) at 256x3x224x224 (issue 10's goals).
+bf16, fp16) at 256x3x224x224 (the GPU goals in BENCHMARKS.md).
 
-SSIR_BENCH_PERTURB_BATCH (default 256) sets the batch of the image shape, for a short smoke run.
+SSIR_BENCH_PERTURB_BATCH (default 256) sets the batch of the image shape, for a short smoke run;
+SSIR_BENCH_COMPILE=0 leaves out the torch.compile baseline (and its compile time per case).
 """
 import os
 
@@ -29,6 +30,8 @@ SHAPES = {f"image_{IMAGE_N}x3x224x224": (IMAGE_N, 3, 224, 224), "features_4096x1
 
 
 def _compiled():
+    if os.environ.get("SSIR_BENCH_COMPILE", "1") == "0":   # skip the baseline's compile time
+        return None
     try:
         fn = torch.compile(perturb_torch, dynamic=False)
         return fn

@@ -1,5 +1,6 @@
-// Device-independent part of the bin_reduce op (SPEC 3.2): the column layout of the per-bin table,
-// argument checks, and the per-element formulas shared by the CPU and CUDA kernels.
+// Device-independent part of the bin_reduce op (docs/algorithm.md, section 4): the column layout
+// of the per-bin table, argument checks, and the per-element formulas shared by the CPU and CUDA
+// kernels.
 //
 // For each pair (p = pred, y = target) selected by the mask:
 //   b      = clamp(floor((double(y) - y_min) / bin_width), 0, num_bins - 1), or for decimal widths
@@ -17,12 +18,15 @@
 // Pairs with a non-finite p or y are excluded from every column but N_NONFINITE, which counts them
 // in the target's bin (bin 0 when the target itself is not finite).
 #pragma once
-#include <ATen/ATen.h>
-#include <c10/macros/Macros.h>
+#include <torch/headeronly/macros/Macros.h>
 
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+
+#ifndef __CUDACC__
+#include "stable_common.h"
+#endif
 
 namespace ssir_fast {
 namespace bin_reduce {
@@ -125,43 +129,51 @@ struct BinIndexer {
   }
 };
 
-// Checks shared by all backends; returns the mask (undefined when absent) ready for a kernel.
-inline void check_args(const at::Tensor& pred, const at::Tensor& target, double y_min,
-                       double bin_width, int64_t num_bins, const std::optional<at::Tensor>& mask,
-                       double floor) {
-  TORCH_CHECK_VALUE(pred.sizes() == target.sizes(), "bin_reduce: pred and target must have the same shape, "
-              "got pred ", pred.sizes(), " and target ", target.sizes());
-  TORCH_CHECK_TYPE(pred.scalar_type() == target.scalar_type(), "bin_reduce: pred and target must have the "
-              "same dtype, got pred ", pred.scalar_type(), " and target ", target.scalar_type());
-  TORCH_CHECK_VALUE(pred.device() == target.device(), "bin_reduce: pred and target must be on the same "
-              "device, got pred on ", pred.device(), " and target on ", target.device());
-  const auto t = pred.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble,
-              "bin_reduce: pred must be float32, float16, bfloat16 or float64, got ", t);
-  TORCH_CHECK_VALUE(num_bins >= 1, "bin_reduce: num_bins must be >= 1, got ", num_bins);
-  TORCH_CHECK_VALUE(std::isfinite(bin_width) && bin_width > 0, "bin_reduce: bin_width must be finite and "
-              "> 0, got ", bin_width);
-  TORCH_CHECK_VALUE(std::isfinite(y_min), "bin_reduce: y_min must be finite, got ", y_min);
-  TORCH_CHECK_VALUE(std::isfinite(floor) && floor > 0, "bin_reduce: floor must be finite and > 0, got ",
-              floor);
+#ifndef __CUDACC__  // host-side checks (stable tensors); the .cu files need the formulas only
+// Checks shared by all backends.
+inline void check_args(const Tensor& pred, const Tensor& target, double y_min, double bin_width,
+                       int64_t num_bins, const OptTensor& mask, double floor) {
+  SSIR_CHECK(same_shape(pred, target), "bin_reduce: pred and target must have the same shape, "
+             "got pred ", Shape{pred}, " and target ", Shape{target});
+  SSIR_CHECK(pred.scalar_type() == target.scalar_type(), "bin_reduce: pred and target must have "
+             "the same dtype, got pred ", pred.scalar_type(), " and target ", target.scalar_type());
+  SSIR_CHECK(same_device(pred, target), "bin_reduce: pred and target must be on the same "
+             "device, got pred on ", Where{pred}, " and target on ", Where{target});
+  SSIR_CHECK(is_kernel_float(pred.scalar_type()),
+             "bin_reduce: pred must be float32, float16, bfloat16 or float64, got ", pred.scalar_type());
+  SSIR_CHECK(num_bins >= 1, "bin_reduce: num_bins must be >= 1, got ", num_bins);
+  SSIR_CHECK(std::isfinite(bin_width) && bin_width > 0, "bin_reduce: bin_width must be finite and "
+             "> 0, got ", bin_width);
+  SSIR_CHECK(std::isfinite(y_min), "bin_reduce: y_min must be finite, got ", y_min);
+  SSIR_CHECK(std::isfinite(floor) && floor > 0, "bin_reduce: floor must be finite and > 0, got ",
+             floor);
   if (mask.has_value() && mask->defined()) {
-    const auto& m = *mask;
-    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool, "bin_reduce: mask must be a bool tensor, got ",
-                m.scalar_type());
-    TORCH_CHECK_VALUE(m.sizes() == pred.sizes(), "bin_reduce: mask must have pred's shape ", pred.sizes(),
-                ", got ", m.sizes());
-    TORCH_CHECK_VALUE(m.device() == pred.device(), "bin_reduce: mask must be on pred's device ",
-                pred.device(), ", got ", m.device());
+    const Tensor& m = *mask;
+    SSIR_CHECK(m.scalar_type() == ScalarType::Bool, "bin_reduce: mask must be a bool tensor, got ",
+               m.scalar_type());
+    SSIR_CHECK(same_shape(m, pred), "bin_reduce: mask must have pred's shape ", Shape{pred},
+               ", got ", Shape{m});
+    SSIR_CHECK(same_device(m, pred), "bin_reduce: mask must be on pred's device ", Where{pred},
+               ", got ", Where{m});
   }
 }
 
-inline void check_nonfinite(const at::Tensor& table, bool allow_nonfinite) {
+// Raises unless allow_nonfinite when the table counted NaN/inf pairs. One read of the column
+// (a device sync on CUDA, documented in the Python wrapper).
+inline void check_nonfinite(const Tensor& table, bool allow_nonfinite) {
   if (allow_nonfinite) return;
-  // One scalar read: a device sync on CUDA (documented in the Python wrapper).
-  const double bad = table.select(1, N_NONFINITE).sum().item<double>();
-  TORCH_CHECK_VALUE(bad == 0, "bin_reduce: pred or target contains NaN or inf (", static_cast<int64_t>(bad),
-              " pairs); pass allow_nonfinite=True to count and exclude them");
+  Tensor col = torch::stable::select(table, 1, N_NONFINITE);
+  Tensor host = table.is_cpu() ? contig(col)
+                               : torch::stable::to(col, torch::stable::Device(
+                                                            torch::headeronly::DeviceType::CPU));
+  host = contig(host);
+  const double* p = host.const_data_ptr<double>();
+  double bad = 0;
+  for (int64_t i = 0; i < host.numel(); ++i) bad += p[i];
+  SSIR_CHECK(bad == 0, "bin_reduce: pred or target contains NaN or inf (", static_cast<int64_t>(bad),
+             " pairs); pass allow_nonfinite=True to count and exclude them");
 }
+#endif  // __CUDACC__
 
 }  // namespace bin_reduce
 }  // namespace ssir_fast

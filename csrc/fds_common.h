@@ -14,81 +14,83 @@
 //    and every dimension of bin b is left unchanged when sum_c var_b[c] < 1e-10 (kFdsMinVarSum;
 //    the sum is formed in float64). This hits every single-sample bin (var 0).
 #pragma once
-#include <ATen/ATen.h>
-
 #include <cmath>
 
 namespace ssir_fast {
 
-inline void check_features(const at::Tensor& f, const char* op) {
-  TORCH_CHECK_VALUE(f.dim() == 2, op, ": features must be 2-D [N, C], got shape ", f.sizes());
-  const auto t = f.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble, op,
-              ": features must be float32, float16, bfloat16 or float64, got ", t);
+// Bins whose running variances sum to less than this are not calibrated (official DIR code).
+constexpr double kFdsMinVarSum = 1e-10;
+
+}  // namespace ssir_fast
+
+#ifndef __CUDACC__  // host-side checks on stable tensors
+#include "stable_common.h"
+
+namespace ssir_fast {
+
+inline void check_features(const Tensor& f, const char* op) {
+  SSIR_CHECK(f.dim() == 2, op, ": features must be 2-D [N, C], got shape ", Shape{f});
+  SSIR_CHECK(is_kernel_float(f.scalar_type()), op,
+             ": features must be float32, float16, bfloat16 or float64, got ", f.scalar_type());
 }
 
-inline void check_bin_index(const at::Tensor& idx, const at::Tensor& f, const char* op) {
-  TORCH_CHECK_VALUE(idx.dim() == 1 && idx.size(0) == f.size(0), op,
-              ": bin_index must have shape [N] = [", f.size(0), "], got ", idx.sizes());
-  TORCH_CHECK_TYPE(idx.scalar_type() == at::kLong, op, ": bin_index must be int64, got ",
-              idx.scalar_type());
-  TORCH_CHECK_VALUE(idx.device() == f.device(), op, ": bin_index must be on features' device ",
-              f.device(), ", got ", idx.device());
+inline void check_bin_index(const Tensor& idx, const Tensor& f, const char* op) {
+  SSIR_CHECK(idx.dim() == 1 && idx.size(0) == f.size(0), op, ": bin_index must have shape [N] = [",
+             f.size(0), "], got ", Shape{idx});
+  SSIR_CHECK(idx.scalar_type() == ScalarType::Long, op, ": bin_index must be int64, got ",
+             idx.scalar_type());
+  SSIR_CHECK(same_device(idx, f), op, ": bin_index must be on features' device ", Where{f},
+             ", got ", Where{idx});
 }
 
-inline at::ScalarType stats_dtype(const at::Tensor& f) {
-  return f.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+inline ScalarType stats_dtype(const Tensor& f) {
+  return f.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 }
 
-inline void check_stats_args(const at::Tensor& f, const at::Tensor& idx, int64_t num_bins) {
+inline void check_stats_args(const Tensor& f, const Tensor& idx, int64_t num_bins) {
   check_features(f, "bin_feature_stats");
   check_bin_index(idx, f, "bin_feature_stats");
-  TORCH_CHECK_VALUE(num_bins >= 1, "bin_feature_stats: num_bins must be >= 1, got ", num_bins);
+  SSIR_CHECK(num_bins >= 1, "bin_feature_stats: num_bins must be >= 1, got ", num_bins);
 }
 
-inline void check_stat(const at::Tensor& s, const char* name, const at::Tensor& f,
-                       const at::Tensor& ref) {
-  TORCH_CHECK_VALUE(s.dim() == 2 && s.size(1) == f.size(1), "fds_calibrate: ", name,
-              " must have shape [num_bins, C] with C = ", f.size(1), ", got ", s.sizes());
-  TORCH_CHECK_VALUE(s.sizes() == ref.sizes(), "fds_calibrate: ", name, " must have the shape of mean ",
-              ref.sizes(), ", got ", s.sizes());
-  TORCH_CHECK_VALUE(s.device() == f.device(), "fds_calibrate: ", name, " must be on features' device ",
-              f.device(), ", got ", s.device());
-  TORCH_CHECK_TYPE(s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble, "fds_calibrate: ",
-              name, " must be float32 or float64, got ", s.scalar_type());
+inline void check_stat(const Tensor& s, const char* name, const Tensor& f, const Tensor& ref) {
+  SSIR_CHECK(s.dim() == 2 && s.size(1) == f.size(1), "fds_calibrate: ", name,
+             " must have shape [num_bins, C] with C = ", f.size(1), ", got ", Shape{s});
+  SSIR_CHECK(same_shape(s, ref), "fds_calibrate: ", name, " must have the shape of mean ",
+             Shape{ref}, ", got ", Shape{s});
+  SSIR_CHECK(same_device(s, f), "fds_calibrate: ", name, " must be on features' device ", Where{f},
+             ", got ", Where{s});
+  SSIR_CHECK(s.scalar_type() == ScalarType::Float || s.scalar_type() == ScalarType::Double,
+             "fds_calibrate: ", name, " must be float32 or float64, got ", s.scalar_type());
 }
 
-inline void check_calibrate_args(const at::Tensor& f, const at::Tensor& idx, const at::Tensor& mean,
-                                 const at::Tensor& var, const at::Tensor& smean,
-                                 const at::Tensor& svar, double lo, double hi) {
+inline void check_calibrate_args(const Tensor& f, const Tensor& idx, const Tensor& mean,
+                                 const Tensor& var, const Tensor& smean, const Tensor& svar,
+                                 double lo, double hi) {
   check_features(f, "fds_calibrate");
   check_bin_index(idx, f, "fds_calibrate");
   check_stat(mean, "mean", f, mean);
   check_stat(var, "var", f, mean);
   check_stat(smean, "smoothed_mean", f, mean);
   check_stat(svar, "smoothed_var", f, mean);
-  TORCH_CHECK_VALUE(std::isfinite(lo) && lo >= 0, "fds_calibrate: lo must be finite and >= 0, got ", lo);
-  TORCH_CHECK_VALUE(!std::isnan(hi) && hi >= lo, "fds_calibrate: hi must be >= lo, got lo=", lo,
-              " hi=", hi);
+  SSIR_CHECK(std::isfinite(lo) && lo >= 0, "fds_calibrate: lo must be finite and >= 0, got ", lo);
+  SSIR_CHECK(!std::isnan(hi) && hi >= lo, "fds_calibrate: hi must be >= lo, got lo=", lo, " hi=", hi);
 }
 
-// Bins whose running variances sum to less than this are not calibrated (official DIR code).
-constexpr double kFdsMinVarSum = 1e-10;
-
-// Per-bin affine map of the calibration, z' = z * scale + shift, computed in the accumulation
-// type (float64 for float64 features, float32 otherwise); scale 1 and shift 0 (the identity)
-// where the dimension or the whole bin is left unchanged. Cheap: [B, C] elements.
-inline std::pair<at::Tensor, at::Tensor> calibration_coefficients(
-    const at::Tensor& f, const at::Tensor& mean, const at::Tensor& var, const at::Tensor& smean,
-    const at::Tensor& svar, double lo, double hi) {
-  const auto acc = stats_dtype(f);
-  at::Tensor v = var.to(acc), sv = svar.to(acc);
-  at::Tensor keep = at::logical_or(v == 0, var.to(at::kDouble).sum(1, true) < kFdsMinVarSum);
-  at::Tensor ratio = sv / at::where(v == 0, at::ones({}, v.options()), v);
-  at::Tensor scale = at::where(keep, at::ones({}, v.options()), at::sqrt(at::clamp(ratio, lo, hi)));
-  at::Tensor shift = at::where(keep, at::zeros({}, v.options()),
-                               smean.to(acc) - mean.to(acc) * scale);
-  return {scale.contiguous(), shift.contiguous()};
+// The four statistics as contiguous arrays of one dtype (float32, or float64 when any is).
+struct Stats {
+  Tensor mean, var, smean, svar;
+  ScalarType dtype;
+};
+inline Stats common_stats(const Tensor& mean, const Tensor& var, const Tensor& smean,
+                          const Tensor& svar) {
+  const bool same = var.scalar_type() == mean.scalar_type() &&
+                    smean.scalar_type() == mean.scalar_type() &&
+                    svar.scalar_type() == mean.scalar_type();
+  const ScalarType st = same ? mean.scalar_type() : ScalarType::Double;
+  return {to_contiguous(mean, st), to_contiguous(var, st), to_contiguous(smean, st),
+          to_contiguous(svar, st), st};
 }
 
 }  // namespace ssir_fast
+#endif  // __CUDACC__

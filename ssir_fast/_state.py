@@ -19,13 +19,15 @@ __all__ = ["scratch_buffers", "RngSnapshot"]
 
 
 @contextlib.contextmanager
-def scratch_buffers(model):
+def scratch_buffers(model, modules=None):
     """Run `model` on clones of its buffers; the originals are put back untouched on exit.
+    `modules`: the modules whose buffers get clones (default: all of model's; a caller that knows
+    which modules write none leaves them out and saves their copies).
 
     Swapping the tensors (not copying values back in place) keeps the clean forward's autograd
     graph valid: BatchNorm saves its running statistics for backward."""
     saved = []
-    for module in model.modules():
+    for module in model.modules() if modules is None else modules:
         for name, buf in module._buffers.items():
             if buf is not None:
                 saved.append((module, name, buf))

@@ -27,7 +27,7 @@ which the FDS ops and samplers treat as "ignore". Labels *far* outside the bins 
 bins' span beyond them, or negative when every bin is non-negative: an age of -5, a depth in
 millimetres) are almost always a data error, and `LabelBins.counts` warns about them.
 
-Re-weighting (SPEC 4, as in the DIR code): per-bin effective counts
+Re-weighting (docs/algorithm.md, section 5, as in the DIR code): per-bin effective counts
 
     c_b = count_b                          reweight="none"     (weights all 1)
     c_b = clip(count_b, lo, hi)            reweight="inverse"  (INV; age recipe [5, 1000],
@@ -40,19 +40,26 @@ Re-weighting (SPEC 4, as in the DIR code): per-bin effective counts
 `DIR_RECIPES` holds the two official settings: "age" (agedb-dir / imdb-wiki-dir) and "depth"
 (nyud2-dir). Dense labels (depth maps) are binned per pixel; the weights have the labels' shape.
 
+Vector targets ([N, D] labels): per-dimension sequences make `LabelBins` a D-dim grid with a
+flat row-major index; weights and the separable LDS work on its `size` bins (`label_grid`).
+
 INV + LDS and the official code: the official scripts keep INV counts as int64 and scipy's
 `convolve1d` then writes the smoothed counts into an int64 array, truncating them (SQINV counts
 are floats, untouched). The weights differ from the exact ones by 2-8 % on AgeDB. The exact
 float smoothing is the default here; `lds_int_counts=True` reproduces the truncation.
 """
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .ops.binning import raw_bin_index  # the rule lives with the kernels that share it
+# the rule lives with the kernels that share it
+from .label_grid import GridBins, grid_lookup, is_sequence, per_dim, vector_fields
+from .separable import smooth_grid
+from .ops.binning import check_num_bins, raw_bin_index
 
 __all__ = ["LabelBins", "raw_bin_index", "lds_kernel", "bin_weights", "sample_weights",
            "lookup_weights", "weighted_sampler", "REWEIGHTS", "KERNELS", "PADDINGS", "DIR_RECIPES"]
@@ -69,19 +76,23 @@ DIR_RECIPES = {
 
 
 @dataclass(frozen=True)
-class LabelBins:
+class LabelBins(GridBins):
     y_min: float
     bin_width: float
     num_bins: int
     clamp: bool = True  # out-of-range labels go to the edge bins (True) or get index -1 (False)
 
     def __post_init__(self):
+        if vector_fields(self.y_min, self.bin_width, self.num_bins):
+            self._init_grid()
+            return
         if not (math.isfinite(self.y_min)):
             raise ValueError(f"y_min must be finite, got {self.y_min}")
         if not (math.isfinite(self.bin_width) and self.bin_width > 0):
             raise ValueError(f"bin_width must be finite and > 0, got {self.bin_width}")
         if int(self.num_bins) != self.num_bins or self.num_bins < 1:
             raise ValueError(f"num_bins must be an integer >= 1, got {self.num_bins}")
+        check_num_bins(self.num_bins)
 
     @classmethod
     def dir_age(cls, max_target=121):
@@ -91,12 +102,23 @@ class LabelBins:
 
     @property
     def y_max(self):
-        """Upper edge of the last bin."""
+        """Upper edge of the last bin (a tuple, one per dimension, for a grid)."""
+        if self.vector:
+            return tuple(ax.y_max for ax in self.axes())
         return self.y_min + self.num_bins * self.bin_width
 
     @classmethod
     def from_labels(cls, labels, bin_width, y_min=None):
-        """Bins of width `bin_width` covering all `labels` (from floor(min / width) * width)."""
+        """Bins of width `bin_width` covering all `labels` (from floor(min / width) * width).
+
+        A grid comes from labels [N, D] with `bin_width` (or `y_min`) a sequence of D entries
+        (a number is repeated for every dimension); each dimension is covered as in 1-D. With a
+        number for both, labels of any shape are flattened into one dimension, as before."""
+        if is_sequence(bin_width) or is_sequence(y_min):
+            return cls._grid_from_labels(labels, bin_width, y_min)
+        if isinstance(bin_width, bool) or not isinstance(bin_width, numbers.Real) or not (
+                math.isfinite(bin_width) and bin_width > 0):
+            raise ValueError(f"bin_width must be finite and > 0, got {bin_width!r}")
         y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels,
                        dtype=np.float64).reshape(-1)
         if y.size == 0:
@@ -104,14 +126,21 @@ class LabelBins:
         if not np.isfinite(y).all():
             raise ValueError("labels contains NaN or inf")
         lo = math.floor(y.min() / bin_width) * bin_width if y_min is None else float(y_min)
-        num = max(1, int(math.floor((y.max() - lo) / bin_width)) + 1)
+        span = math.floor((y.max() - lo) / bin_width) + 1
+        check_num_bins(span, f"labels from {y.min():g} to {y.max():g} in bins of {bin_width:g}: "
+                             f"num_bins")
+        num = max(1, int(span))
         return cls(lo, float(bin_width), num)
 
     def index(self, labels):
         """Bin index of each label (int64, same type family as the input: tensor or ndarray).
 
         floor((y - y_min) / bin_width), or for decimal widths (0.1 m) the official DIR float32
-        rule floor(float32(y) * 10) - 7 (module docstring: why, and when each applies)."""
+        rule floor(float32(y) * 10) - 7 (module docstring: why, and when each applies).
+        For a grid: labels [..., D] -> flat indices [...], row-major (last dimension fastest),
+        each dimension by the 1-D rule; with clamp=False -1 when any dimension is outside."""
+        if self.vector:
+            return self._grid_index(labels)
         if isinstance(labels, torch.Tensor):
             f = raw_bin_index(labels, self.y_min, self.bin_width, self.num_bins)
             if self.clamp:
@@ -123,16 +152,26 @@ class LabelBins:
         return np.where((f >= 0) & (f < self.num_bins), f, -1).astype(np.int64)
 
     def edges(self):
-        """num_bins + 1 bin edges (float64 numpy)."""
+        """num_bins + 1 bin edges (float64 numpy); for a grid a tuple of each dimension's."""
+        if self.vector:
+            return tuple(ax.edges() for ax in self.axes())
         return self.y_min + self.bin_width * np.arange(self.num_bins + 1, dtype=np.float64)
 
     def centers(self):
+        """Bin centres: [num_bins] float64, or [size, D] for a grid (flat row-major order)."""
+        if self.vector:
+            mesh = np.meshgrid(*(ax.centers() for ax in self.axes()), indexing="ij")
+            return np.stack([m.reshape(-1) for m in mesh], axis=1)
         return self.y_min + self.bin_width * (np.arange(self.num_bins, dtype=np.float64) + 0.5)
 
     def far_limits(self):
         """(lo, hi): labels below lo or above hi are *far* outside the bins: more than the bins'
         span (num_bins * bin_width) beyond them, or below 0 when y_min >= 0 (a negative age or
-        depth); with y_max <= 0, symmetrically above 0."""
+        depth); with y_max <= 0, symmetrically above 0. For a grid: (lo, hi) tuples, one entry
+        per dimension."""
+        if self.vector:
+            lims = [ax.far_limits() for ax in self.axes()]
+            return tuple(v[0] for v in lims), tuple(v[1] for v in lims)
         span = self.num_bins * self.bin_width
         lo, hi = self.y_min - span, self.y_max + span
         if self.y_min >= 0:
@@ -156,7 +195,10 @@ class LabelBins:
 
     def counts(self, labels, what="training labels"):
         """Number of labels per bin (int64 numpy, length num_bins). Warns when labels lie far
-        outside the bins (see `far_limits`)."""
+        outside the bins (see `far_limits`). For a grid: labels [..., D], length `size`, flat
+        row-major; the far-outside check runs per dimension."""
+        if self.vector:
+            return self._grid_counts(labels, what)
         y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels,
                        dtype=np.float64).reshape(-1)
         lo, hi = self.far_limits()
@@ -254,7 +296,12 @@ def bin_weights(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussian",
         lds_int_counts: with INV + LDS, truncate the smoothed counts to integers as the official
             code does (it convolves int64 counts into an int64 array); SQINV is unaffected.
 
-    Bins that no label falls into and whose effective count is 0 get weight 0."""
+    Bins that no label falls into and whose effective count is 0 get weight 0.
+
+    For a grid (D-dim LabelBins) the labels are [..., D], the weights [bins.size] (flat,
+    row-major), the counts those of the D-dim histogram, and LDS the separable D-dim
+    correlation (ssir_fast.separable); ks, sigma and lds_padding may then be given per dimension
+    (a sequence of D entries) or once for all."""
     if reweight not in REWEIGHTS:
         raise ValueError(f"reweight must be one of {REWEIGHTS}, got {reweight!r}")
     if lds and reweight == "none":
@@ -262,23 +309,32 @@ def bin_weights(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussian",
                          "or 'sqrt_inv' with lds=True")
     if not isinstance(bins, LabelBins):
         raise TypeError(f"bins must be a LabelBins, got {type(bins).__name__}")
-    if lds_padding not in PADDINGS:
-        raise ValueError(f"lds_padding must be one of {PADDINGS}, got {lds_padding!r}")
     clip = _check_inv_clip(inv_clip)
-    window = lds_kernel(kernel, ks, sigma) if lds else None
-    y = _to_numpy_labels(labels).reshape(-1)
-    counts = bins.counts(y).astype(np.float64)
+    if bins.vector:   # the D-dim histogram, smoothed by the separable LDS
+        pads, d = per_dim(lds_padding, bins.dim, "lds_padding"), bins.dim
+        if any(p not in PADDINGS for p in pads):
+            raise ValueError(f"lds_padding must be one of {PADDINGS} (or one per dimension), got "
+                             f"{lds_padding!r}")
+        ks_d, sigma_d = per_dim(ks, d, "ks"), per_dim(sigma, d, "sigma")
+        windows = [lds_kernel(kernel, k, s) for k, s in zip(ks_d, sigma_d)] if lds else None
+        counts = bins.counts(bins._grid_labels(_to_numpy_labels(labels)).reshape(-1, d))
+        smooth = lambda e: smooth_grid(e.reshape(bins.grid), windows, pads).reshape(-1)  # noqa: E731
+    else:
+        if lds_padding not in PADDINGS:
+            raise ValueError(f"lds_padding must be one of {PADDINGS}, got {lds_padding!r}")
+        window = lds_kernel(kernel, ks, sigma) if lds else None
+        counts = bins.counts(_to_numpy_labels(labels).reshape(-1))
+        smooth = lambda e: _convolve(e, window, lds_padding)  # noqa: E731
+    counts = counts.astype(np.float64)
     n = counts.sum()
     if n == 0:
         raise ValueError("no label falls inside the bins (clamp=False)")
     if reweight == "none":
-        return np.ones(bins.num_bins)
-    if reweight == "sqrt_inv":
-        eff = np.sqrt(counts)
-    else:
-        eff = counts if clip is None else np.clip(counts, *clip)
+        return np.ones(counts.size)
+    eff = (np.sqrt(counts) if reweight == "sqrt_inv" else
+           counts if clip is None else np.clip(counts, *clip))
     if lds:
-        eff = _convolve(eff, window, lds_padding)
+        eff = smooth(eff)
         if lds_int_counts and reweight == "inverse":
             eff = np.trunc(eff)
     inv = np.where(eff > 0, 1.0 / np.where(eff > 0, eff, 1.0), 0.0)
@@ -288,7 +344,9 @@ def bin_weights(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussian",
 def lookup_weights(labels, weights_per_bin, bins):
     """Dense look-up: weights_per_bin[bins.index(labels)], with the labels' shape and type family
     (float32 tensor on the labels' device, or float32 numpy). Out-of-range labels (clamp=False)
-    get weight 0."""
+    get weight 0. For a grid: labels [..., D], weights [...]."""
+    if bins.vector:
+        return grid_lookup(labels, weights_per_bin, bins)
     w = np.asarray(weights_per_bin, dtype=np.float64)
     if w.shape != (bins.num_bins,):
         raise ValueError(f"weights_per_bin must have shape [{bins.num_bins}], got {w.shape}")
@@ -302,7 +360,8 @@ def lookup_weights(labels, weights_per_bin, bins):
 
 def sample_weights(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussian", ks=5,
                    sigma=2.0, **recipe):
-    """Per-sample (or per-pixel) re-weighting factors with mean 1 over `labels` (SPEC 4).
+    """Per-sample (or per-pixel) re-weighting factors with mean 1 over `labels`
+    (docs/algorithm.md, section 5).
 
     Args:
         labels: training labels, any shape (dense maps included), tensor or array-like.
@@ -312,6 +371,8 @@ def sample_weights(labels, bins, reweight="sqrt_inv", lds=False, kernel="gaussia
         kernel, ks, sigma: LDS window (paper: gaussian, 5, 2); ks odd >= 1.
         recipe: inv_clip, lds_padding, lds_int_counts of `bin_weights` (e.g.
             ``**DIR_RECIPES["depth"]`` for the NYUD2 weighting).
+
+    For a grid (D-dim bins) labels are [..., D] and the weights [...] (bin_weights).
 
     Returns weights with the labels' shape: float32 tensor for tensor labels, float32 numpy
     otherwise."""
@@ -324,9 +385,14 @@ def weighted_sampler(labels, bins, reweight="sqrt_inv", lds=False, kernel="gauss
     """Re-sampling instead of re-weighting: a torch WeightedRandomSampler drawing sample i with
     probability proportional to its re-weighting factor (use the loss unweighted then).
 
-    `labels` holds one label per sample (dense labels: pass one summary value per sample)."""
+    `labels` holds one label per sample (dense labels: pass one summary value per sample);
+    [N, D] for a grid of bins."""
     y = _to_numpy_labels(labels, "labels")
-    if y.ndim != 1:
+    if bins.vector:
+        if y.ndim != 2:
+            raise ValueError(f"labels must be [N, {bins.dim}] (one label vector per sample), got "
+                             f"shape {y.shape}")
+    elif y.ndim != 1:
         raise ValueError(f"labels must be 1-D (one label per sample), got shape {y.shape}")
     w = sample_weights(y, bins, reweight, lds, kernel, ks, sigma, **recipe)
     return torch.utils.data.WeightedRandomSampler(

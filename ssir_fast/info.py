@@ -96,6 +96,11 @@ def collect():
         "extension_loaded": bool(_extension.HAS_EXTENSION),
         "extension_built_against_torch": getattr(build, "TORCH_VERSION", None),
         "extension_built_with_cuda": bool(getattr(build, "WITH_CUDA", False)),
+        "extension_abi": (f"LibTorch stable ABI, torch >= {build.TORCH_TARGET}, Python abi3 >= 3.10"
+                          if getattr(build, "TORCH_TARGET", None) else None),
+        "extension_cuda_archs": getattr(build, "CUDA_ARCHS", "") or None,
+        "cpu_kernels_loaded": bool(_extension.HAS_EXTENSION),
+        "cuda_kernels_loaded": bool(_extension.HAS_CUDA_KERNELS),
         "cuda_driver": _cuda_driver_version(),
         "cuda_torch": torch.version.cuda,
         "cuda_extension_nvcc": None,
@@ -103,8 +108,8 @@ def collect():
         "kernels": {k: {"cpu": c, "cuda": g} for k, (c, g) in _kernels().items()},
         "gpus": [],
     }
-    if _extension.HAS_EXTENSION:
-        v = int(torch.ops.ssir_fast.cuda_version())
+    if _extension.HAS_CUDA_KERNELS:
+        v = _extension.cuda_version()
         info["cuda_extension_nvcc"] = f"{v // 1000}.{v % 1000 // 10}" if v > 0 else None
     info["dali"], info["dali_gpu_decoder"] = _dali()
     if torch.cuda.is_available():
@@ -134,6 +139,10 @@ def format_info(info=None):
         ("platform", i["platform"]),
         ("torch", i["torch"]),
         ("extension", ext),
+        ("extension ABI", none(i["extension_abi"])),
+        ("kernels loaded", "CPU " + ("yes" if i["cpu_kernels_loaded"] else "no") + ", CUDA "
+                           + ("yes" if i["cuda_kernels_loaded"] else "no")),
+        ("CUDA archs inside", none(i["extension_cuda_archs"])),
         ("CUDA driver", i["cuda_driver"]),
         ("CUDA torch", none(i["cuda_torch"])),
         ("CUDA extension (nvcc)", none(i["cuda_extension_nvcc"])),

@@ -1,16 +1,19 @@
 """Supervised regression losses with optional per-sample (or per-element) weights.
 
-All losses take `pred` and `y` of the same shape ([N], [N, 1] or dense [N, 1, H, W]) and an
-optional `weight` of shape [N] (per sample) or the shape of `pred` (per element, e.g. depth maps):
+All losses take `pred` and `y` of the same shape ([N], [N, 1], vector targets [N, D] or dense
+[N, 1, H, W]) and an optional `weight` of shape [N] (per sample) or the shape of `pred` (per
+element, e.g. depth maps):
 
     L = mean_i [ w_i * mean_j D(pred_ij, y_ij) ]
 
 with D = |e| (L1), e^2 (MSE) or Huber(e; beta) = 0.5 e^2 / beta if |e| < beta else |e| - 0.5 beta.
 
-Also here (SPEC 4):
+Also here (docs/algorithm.md, section 5):
 - Focal-R: D(e) * a(|e|)^gamma with a = 2 sigmoid(beta |e|) - 1 or tanh(beta |e|) (beta 0.2, gamma 1).
-- Balanced MSE (Ren et al. 2022): `BalancedMSELoss` with BMC / GAI (GMM prior, `fit_gmm`) / BNI.
-- RankSim (Gong et al. 2022): `ranksim`, a regulariser on features, added to the loss.
+- Balanced MSE (Ren et al. 2022): `BalancedMSELoss` with BMC / GAI (GMM prior, `fit_gmm`) / BNI;
+  for vector targets [N, D] the multi-dimensional BMC (`bmc_loss_md`); GAI and BNI are 1-D only.
+- RankSim (Gong et al. 2022): `ranksim` (module `ssir_fast.ranksim`, also importable from here),
+  a regulariser on features, added to the loss (label distances Euclidean for vector targets).
 Every `base_loss`-style loss here has the signature loss(pred, y, weight=None) of SSIRLoss.
 """
 import math
@@ -19,12 +22,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .ops._common import require_finite_nonneg
+from .ranksim import _BlackboxRank, _rank_normalised, ranksim  # noqa: F401 (here since 0.1)
+
 __all__ = ["weighted_l1", "weighted_mse", "weighted_huber", "distance_per_sample", "DISTANCES",
-           "focal_l1", "focal_mse", "BalancedMSELoss", "bmc_loss", "gai_loss", "bni_loss",
-           "fit_gmm", "ranksim"]
+           "LOSSES", "focal_l1", "focal_mse", "BalancedMSELoss", "bmc_loss", "bmc_loss_md",
+           "gai_loss", "bni_loss", "fit_gmm", "ranksim"]
+
+
+def _at_least_fp32(pred, y):
+    """pred and y in their common dtype, at least float32: a bf16/fp16 prediction under autocast
+    is widened, the labels keep their precision (never rounded to the prediction's dtype)."""
+    acc = torch.promote_types(torch.promote_types(pred.dtype, y.dtype), torch.float32)
+    return pred.to(acc), y.to(acc)
 
 
 def _elementwise(kind, pred, y, beta=1.0):
+    pred, y = _at_least_fp32(pred, y)
     e = pred - y
     if kind == "l1":
         return e.abs()
@@ -37,6 +51,8 @@ def _elementwise(kind, pred, y, beta=1.0):
 
 
 DISTANCES = ("l1", "mse", "huber")
+# the supervised losses by name (the training CLI's --loss)
+LOSSES = ("l1", "mse", "huber", "focal-l1", "focal-mse", "bmc", "gai", "bni")
 
 
 def distance_per_sample(kind, a, b, beta=1.0):
@@ -52,10 +68,36 @@ def _weighted(kind, pred, y, weight, beta=1.0):
     return _reduce(_elementwise(kind, pred, y, beta), weight, pred)
 
 
+def check_weight(weight, pred, values=False):
+    """Refuse a weight that is no tensor of shape [N] or pred's shape, and with `values` one with
+    NaN, inf or negative entries, which would make the loss NaN or negative without a word (a
+    host read: SSIRLoss(validate=True) does it; the losses themselves, called every step by the
+    training loop, do not)."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be None or a tensor of shape [N] or the shape of pred, got "
+                        f"{type(weight).__name__}")
+    n = pred.shape[0] if pred.dim() else 1
+    if weight.shape != pred.shape and not (weight.dim() == 1 and weight.shape[0] == n) and \
+            not _per_row(weight, pred):
+        raise ValueError(f"weight must have {n} rows (one per sample): shape [N] = [{n}] or the "
+                         f"shape of pred {tuple(pred.shape)}, got {tuple(weight.shape)}")
+    if values and weight.numel() and not bool((torch.isfinite(weight) & (weight >= 0)).all()):
+        bad = "NaN or inf" if not bool(torch.isfinite(weight).all()) else "negative"
+        raise ValueError(f"weight has {bad} entries; per-sample weights must be finite and >= 0")
+
+
+def _per_row(weight, pred):
+    """A weight [N, 1] for a vector output [N, D]: one weight per sample (the loaders' shape)."""
+    return is_vector(pred) and weight.shape == (pred.shape[0], 1)
+
+
 def _reduce(d, weight, pred):
     """mean_i w_i mean_j d_ij for weight [N], mean_ij w_ij d_ij for weight of d's shape."""
     if weight is None:
         return d.mean()
+    check_weight(weight, pred)
+    if _per_row(weight, pred):
+        weight = weight.reshape(-1)
     if weight.shape == d.shape:
         return (d * weight).mean()
     if weight.dim() == 1 and weight.shape[0] == d.shape[0]:
@@ -86,6 +128,8 @@ def _focal(kind, pred, y, weight, activate, beta, gamma):
                          f"{tuple(y.shape)}")
     if activate not in ("sigmoid", "tanh"):
         raise ValueError(f"activate must be 'sigmoid' or 'tanh', got {activate!r}")
+    beta, gamma = require_finite_nonneg(beta, "beta"), require_finite_nonneg(gamma, "gamma")
+    pred, y = _at_least_fp32(pred, y)
     d = _elementwise(kind, pred, y)
     a = (pred - y).abs() * beta
     factor = torch.tanh(a) if activate == "tanh" else 2 * torch.sigmoid(a) - 1
@@ -142,6 +186,8 @@ def _flat(pred, y, weight):
     if pred.shape != y.shape:
         raise ValueError(f"pred and y must have the same shape, got {tuple(pred.shape)} and "
                          f"{tuple(y.shape)}")
+    if weight is not None:
+        check_weight(weight, pred)
     if weight is not None and weight.shape != pred.shape:
         if weight.dim() != 1 or weight.shape[0] != pred.shape[0]:
             raise ValueError(f"weight must have shape [N] = [{pred.shape[0]}] or the shape of pred "
@@ -167,10 +213,50 @@ def bmc_loss(pred, y, noise_var, weight=None):
     return _mean(ce, w) * (2 * noise_var).detach()
 
 
+def is_vector(t):
+    """True for a vector target / output [N, D] with D > 1 (a 2-D tensor of several columns);
+    [N], [N, 1] and dense [N, 1, H, W] are scalar targets."""
+    return t.dim() == 2 and t.shape[1] > 1
+
+
+def bmc_loss_md(pred, y, noise_var, weight=None):
+    """Multi-dimensional BMC (identity noise covariance s^2 I), for vector targets [N, D]:
+
+        logits_ij = log N(y_j; pred_i, s^2 I) = -||pred_i - y_j||^2 / (2 s^2) + const
+        L = mean_i w_i CE(logits_i, i) * 2 s^2 (detached)
+
+    The constant -D/2 log(2 pi s^2) is the same in every logit of a row and cancels in the
+    cross-entropy. For D = 1 this is `bmc_loss`."""
+    if pred.shape != y.shape or pred.dim() != 2:
+        raise ValueError(f"bmc_loss_md takes pred and y of the same shape [N, D], got "
+                         f"{tuple(pred.shape)} and {tuple(y.shape)}")
+    if weight is not None:
+        check_weight(weight, pred)
+        weight = weight.reshape(-1) if _per_row(weight, pred) else weight
+        if weight.shape == pred.shape:
+            raise ValueError(f"bmc_loss_md takes per-sample weights [N] = [{pred.shape[0]}] (one "
+                             f"cross-entropy term per sample), got {tuple(weight.shape)}")
+    n = pred.shape[0]
+    if n > 16384:
+        raise ValueError(f"bmc_loss_md builds an N x N logit matrix; got N = {n} samples")
+    # the exact squared distance (cdist's matrix-product form loses digits near the diagonal)
+    logits = -((pred[:, None, :] - y[None, :, :]) ** 2).sum(dim=2) / (2 * noise_var)
+    ce = F.cross_entropy(logits, torch.arange(n, device=pred.device), reduction="none")
+    return _mean(ce, weight) * (2 * noise_var).detach()
+
+
+def _refuse_vector(mode, t):
+    if is_vector(t):
+        raise ValueError(f"Balanced MSE mode={mode!r} is defined for a scalar target; got a vector "
+                         f"target of shape {tuple(t.shape)} (D = {t.shape[1]}): use mode='bmc' "
+                         f"(its multi-dimensional form) for vector targets")
+
+
 def gai_loss(pred, y, noise_var, gmm, weight=None):
     """GMM-based analytic integration:
     (e^2 / (2 s^2) + log(s^2)/2 + logsumexp_k[log pi_k - log(v_k + s^2)/2 - (pred - mu_k)^2 /
-    (2 (v_k + s^2))]) * 2 s^2 (detached)."""
+    (2 (v_k + s^2))]) * 2 s^2 (detached). Scalar targets only."""
+    _refuse_vector("gai", pred)
     p, t, w = _flat(pred, y, weight)
     mu, v, pi = (gmm[k].to(device=p.device, dtype=p.dtype) for k in ("means", "variances", "weights"))
     mse = (p - t) ** 2 / (2 * noise_var) + 0.5 * torch.log(noise_var)
@@ -184,7 +270,8 @@ def bni_loss(pred, y, noise_var, bucket_centers, bucket_weights, weight=None):
     (e^2 / (2 s^2) + logsumexp_b[log p_b - (pred - c_b)^2 / (2 s^2)]) * 2 s^2 (detached), with
     p_b the training label distribution over bins (empty bins contribute nothing) and c_b the
     label value of bin b (BalancedMSELoss: the bin's lower edge, k for integer ages, as in the
-    official code)."""
+    official code). Scalar targets only."""
+    _refuse_vector("bni", pred)
     p, t, w = _flat(pred, y, weight)
     c = bucket_centers.to(device=p.device, dtype=p.dtype)
     logp = torch.log(bucket_weights.to(device=p.device, dtype=p.dtype))
@@ -198,7 +285,9 @@ class BalancedMSELoss(torch.nn.Module):
 
     Args:
         mode: "bmc" (no prior needed), "gai" (GMM prior: `gmm` or `train_labels`) or "bni"
-            (label histogram: `bins` and `train_labels`).
+            (label histogram: `bins` and `train_labels`). For vector targets (pred [N, D],
+            D > 1) "bmc" is the multi-dimensional form `bmc_loss_md`; "gai" and "bni" refuse
+            them.
         init_noise_sigma: initial noise std s (noise_var = s^2).
         learn_sigma: s is a parameter (give it to the optimiser, as in the paper) or a constant.
         gmm: dict of means / variances / weights (see fit_gmm); fitted from train_labels if None.
@@ -216,6 +305,13 @@ class BalancedMSELoss(torch.nn.Module):
         if not (math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"init_noise_sigma must be finite and > 0, got {init_noise_sigma}")
         self.mode = mode
+        if mode != "bmc":
+            # GAI's GMM and BNI's histogram prior are 1-D integrals over the label axis
+            if bins is not None and getattr(bins, "dim", 1) > 1:
+                raise ValueError(f"mode={mode!r} needs scalar label bins; got bins over "
+                                 f"{bins.dim} dimensions: use mode='bmc' for vector targets")
+            if train_labels is not None and is_vector(torch.as_tensor(train_labels)):
+                _refuse_vector(mode, torch.as_tensor(train_labels))
         s = torch.tensor(sigma, dtype=torch.float32)
         if learn_sigma:
             self.noise_sigma = torch.nn.Parameter(s)
@@ -244,69 +340,14 @@ class BalancedMSELoss(torch.nn.Module):
         return self.noise_sigma ** 2
 
     def forward(self, pred, y, weight=None):
+        pred, y = _at_least_fp32(pred, y)
         nv = self.noise_var.to(pred.dtype)
         if self.mode == "bmc":
+            if is_vector(pred):
+                return bmc_loss_md(pred, y, nv, weight)
             return bmc_loss(pred, y, nv, weight)
         if self.mode == "gai":
             gmm = {"means": self.gmm_means, "variances": self.gmm_variances,
                    "weights": self.gmm_weights}
             return gai_loss(pred, y, nv, gmm, weight)
         return bni_loss(pred, y, nv, self.bucket_centers, self.bucket_weights, weight)
-
-
-# ---- RankSim -----------------------------------------------------------------------------------
-
-def _rank_normalised(seq):
-    """(rank + 1) / n along dim 1, rank 0 for the largest value. Ties as in the RankSim code
-    (argsort(argsort(seq).flip(1)) with PyTorch's stable CPU sort): the later index ranks first,
-    made deterministic on every device with a stable sort."""
-    order = torch.argsort(seq, dim=1, stable=True).flip(1)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(seq.shape[1], device=seq.device).expand_as(order))
-    return (ranks + 1).to(seq.dtype) / seq.shape[1]
-
-
-class _BlackboxRank(torch.autograd.Function):
-    """Row-wise normalised ranks; backward by blackbox differentiation (Vlastelica et al. 2020):
-    grad = -(rank(s) - rank(s + lam * grad_out)) / lam. The sign is the paper's: rank decreases
-    as s grows, so a positive grad_out on an element yields a negative gradient (descent raises
-    that element's similarity and lowers its rank); tests/test_losses.py checks it by hand."""
-
-    @staticmethod
-    def forward(ctx, seq, lam):
-        rank = _rank_normalised(seq)
-        ctx.lam = lam
-        ctx.save_for_backward(seq, rank)
-        return rank
-
-    @staticmethod
-    def backward(ctx, grad):
-        seq, rank = ctx.saved_tensors
-        perturbed = _rank_normalised(seq + ctx.lam * grad)
-        return -(rank - perturbed) / (ctx.lam + 1e-8), None
-
-
-def ranksim(features, y, gamma=100.0, lam=2.0, generator=None):
-    """RankSim regulariser (Gong et al. 2022): gamma * sum_i mean_j (rank(S_i)_j - rank(-|y_i -
-    y_j|)_j)^2 with S the cosine-similarity matrix of the features, over a sub-batch holding
-    each distinct label once (a random representative per label; `generator` makes it
-    reproducible). Add it to the supervised loss; gradients flow into `features` only."""
-    if features.dim() < 2 or features.shape[0] != y.reshape(-1).shape[0]:
-        raise ValueError(f"features must be [N, ...] with one label per row, got features "
-                         f"{tuple(features.shape)} and y {tuple(y.shape)}")
-    t = y.reshape(-1)
-    n = t.shape[0]
-    uniq, inv = torch.unique(t, return_inverse=True)
-    if uniq.numel() < n:
-        perm = torch.randperm(n, generator=generator).to(t.device)
-        pos = torch.full((uniq.numel(),), n, dtype=torch.long, device=t.device)
-        pos.scatter_reduce_(0, inv[perm], torch.arange(n, device=t.device), "amin")
-        pick = perm[pos]
-        x, t = features[pick], t[pick]
-    else:
-        x = features
-    z = F.normalize(x.reshape(x.shape[0], -1), dim=1)
-    sim = z @ z.t()
-    label_ranks = _rank_normalised(-(t[:, None] - t[None, :]).abs().to(sim.dtype))
-    feat_ranks = _BlackboxRank.apply(sim, float(lam))
-    return gamma * ((feat_ranks - label_ranks) ** 2).mean(dim=1).sum()

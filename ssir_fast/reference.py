@@ -106,7 +106,7 @@ def naive_ssir_loss(model, x, y, bin_width=1.0, epsilon=1e-3, lam=0.1, distance=
     return supervised + lam * consistency, pred, x_adv
 
 
-# ---- DIR evaluation (SPEC 3.2, 5) ------------------------------------------------------------
+# ---- DIR evaluation (docs/algorithm.md, sections 4 and 6) ---------------------------------------
 def _np64(x):
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().double().numpy()

@@ -78,7 +78,14 @@ def relevance_ctrl_pts(y, xtrm_type="both", coef=1.5):
         pts.append([st[4], 1.0, 0.0])
     elif st[2] != y.max():
         pts.append([y.max(), 0.0, 0.0])
-    return np.array(pts)
+    pts = np.array(pts)
+    if (np.diff(pts[:, 0]) <= 0).any():
+        share = float(np.mean(y == st[2]))
+        raise ValueError(f"the automatic relevance function (from the box plot of the targets) is "
+                         f"undefined: {share:.0%} of the targets equal {st[2]:g}, so the "
+                         f"interquartile range is {st[3] - st[1]:g} and no target stands out as "
+                         f"rare; give ctrl_pts [[y, relevance, slope], ...] yourself")
+    return pts
 
 
 def _monotone_slopes(m, delta):
@@ -168,6 +175,12 @@ def _resample(X, y, k, pert, sampling, under_sample, rel_thres, ctrl_pts, xtrm_t
     if Xt.dim() != 2:
         raise ValueError(f"X must be 2-D [n, d], got shape {tuple(Xt.shape)}")
     yt = yt.reshape(-1) if yt.dim() == 2 and yt.shape[1] == 1 else yt
+    if yt.dim() == 2 and yt.shape[0] == Xt.shape[0]:
+        # the relevance function and the bumps are runs of the SORTED target: no order in D dims
+        raise ValueError(f"SMOTER/SMOGN take a scalar target y [n]; got a vector target of shape "
+                         f"{tuple(yt.shape)} (D = {yt.shape[1]}): their relevance function and "
+                         f"bumps are defined along one sorted label axis. For vector targets use "
+                         f"re-weighting on D-dimensional LabelBins (bin_weights), LDS or SSIR")
     if yt.dim() != 1 or yt.shape[0] != Xt.shape[0]:
         raise ValueError(f"y must be [n] with n = {Xt.shape[0]} (rows of X), got {tuple(yt.shape)}")
     n = Xt.shape[0]

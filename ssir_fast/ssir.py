@@ -1,6 +1,6 @@
 """The SSIR loss: supervised loss + lambda * consistency under a bounded adversarial perturbation.
 
-Algorithm 1 of the paper (SPEC section 2), for a batch of M samples:
+Algorithm 1 of the paper (docs/algorithm.md, section 3), for a batch of M samples:
 
     z   ~ U(-dy, dy)                     (target="noisy"; z = 0 for target="clean", Eq. 13)
     y^  = f(x),   y~ = stopgrad(y^) + z
@@ -15,11 +15,8 @@ Options beyond the paper (each opt-in; the defaults are Algorithm 1):
 - epsilon=0: x~ = x, so the consistency term is D(f(x), y~) = D(f(x), f(x) + z), the output noise
   alone (an ablation: what part of any gain comes from the perturbation).
 - epsilon="auto": a radius per sample from the step-1 gradient, eps_i = rho * delta / ||g1_i||
-  (capped at eps_max). To first order the step changes D_i by g1_i . r_i <= eps_i ||g1_i|| =
-  rho * delta whatever the direction (Cauchy-Schwarz; clipping only shortens r). For a scalar
-  output and the L1 distance ||g1_i|| = ||grad_x f(x_i)||, so the predicted output change
-  |f(x~_i) - f(x_i)| is at most rho * delta: the pair stays similar in the sense of Definition 1.
-  No extra pass: g1 is already computed.
+  (capped at eps_max), so to first order D_i changes by at most rho * delta in any direction
+  (Cauchy-Schwarz; docs/algorithm.md, section 3). No extra pass: g1 is already computed.
 - n_steps=1: x~ = x1 (one forward and one input-only backward fewer).
 - subset=rho: steps 2..n and the consistency forward run on k = max(1, round(rho * M)) samples
   drawn without replacement, each draw with probability proportional to the sample's rarity (the
@@ -32,43 +29,35 @@ Options beyond the paper (each opt-in; the defaults are Algorithm 1):
 Diagnostics returned with every step (over the samples that got the consistency term):
 similarity rate (Definition 1), mean ||x~ - x|| / ||x|| and mean |f(x~) - f(x)| / dy.
 
+Vector targets (outputs [N, D], D > 1): D(a, b) is the mean over the D outputs, `bin_width` (and
+`delta`) may be one width per dimension, and z_ij ~ U(-dy_j, dy_j) per dimension. A pair is
+similar (Definition 1) when every dimension is within its bin, D(f(x~)_j, f(x)_j) < delta_j for
+all j (similarity="dims", the default), or when ||f(x~) - f(x)||_2 < delta (similarity=
+"euclidean", delta one number, default the smallest bin width). Auto-epsilon uses the tightest
+threshold of the rule: min_j delta_j ("dims") or delta ("euclidean").
+
 The perturbation passes (f(x1), f(x~)) run on scratch copies of the model's buffers and with the
 RNG state of the clean forward (`ssir_fast._state`), so BatchNorm running statistics, num_batches_tracked, any other
 buffer and the RNG streams end exactly as after the clean forward alone, and dropout draws the
 same masks in every pass (with subset, the passes see only the drawn rows: their dropout masks
 are fresh draws, and every training-mode BatchNorm layer normalises them with the clean forward's
-whole-batch statistics, recorded by a hook during that forward).
+whole-batch statistics, which that forward's BatchNorm computed: `ssir_fast._batchnorm`).
 """
 import contextlib
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
+from ._batchnorm import batchnorm_layers, batchnorm_passes
 from ._state import RngSnapshot, scratch_buffers
-from .losses import DISTANCES, distance_per_sample, weighted_l1
+from .losses import DISTANCES, _elementwise, check_weight, distance_per_sample, is_vector, \
+    weighted_l1
 from .ops import perturb
-from .ops.perturb import _bound as _clip_bound
+from .ops.perturb import clip_bound
 from .ops._common import require_finite_nonneg, require_positive
+from .ssir_step import SSIRResult, draw_subset, input_grad, no_donated_buffers, widths
 
 __all__ = ["SSIRLoss", "SSIRResult", "scratch_buffers", "draw_subset"]
-
-
-@dataclass
-class SSIRResult:
-    """What one SSIR step computed. `loss` = supervised + lam * consistency."""
-    loss: torch.Tensor
-    pred: torch.Tensor          # clean predictions f(x), with graph
-    supervised: torch.Tensor    # mean_i w_i D_R(pred_i, y_i)
-    consistency: torch.Tensor   # mean_i D(f(x~_i), y~_i)
-    similarity: torch.Tensor    # fraction of samples with D(f(x), f(x~)) < delta (Definition 1)
-    x_adv: torch.Tensor         # the perturbed inputs x~ (detached; the subset's rows)
-    target: torch.Tensor        # y~ = stopgrad(f(x)) + z (all rows)
-    radius: torch.Tensor        # eps per perturbed sample [k] (float32; eps_i with "auto")
-    perturbation: torch.Tensor  # mean_i ||x~_i - x_i|| / ||x_i||
-    output_change: torch.Tensor  # mean_i mean_j |f(x~)_ij - f(x)_ij| / dy
-    index: Optional[torch.Tensor] = None  # rows of the batch in x_adv (subset), None = all
-    features: Optional[torch.Tensor] = None  # what the clean call returned next to pred (`call`)
 
 
 class SSIRLoss(torch.nn.Module):
@@ -76,7 +65,8 @@ class SSIRLoss(torch.nn.Module):
 
     Args:
         bin_width: label bin length dy (1 year for age, 0.1 m for depth); the noise range and
-            the default similarity threshold delta.
+            the default similarity threshold delta. For vector outputs [N, D] a number (every
+            dimension) or a sequence of D widths.
         epsilon: perturbation radius (L2 per sample), >= 0, or "auto" (eps_i = rho * delta /
             ||g1_i||, see the module docstring). Paper: 1e-3 (age), 5e-4 (depth).
         lam: weight of the consistency term. Paper: 0.1 (SQINV+SSIR), 1.0, 2.5.
@@ -86,7 +76,11 @@ class SSIRLoss(torch.nn.Module):
             distance is then zero at r = 0, so x~ = x: kept for ablations).
         clip_min, clip_max: valid input range: None, floats or per-channel [C] tensors.
         base_loss: supervised loss `base_loss(pred, y, weight)`; default weighted L1.
-        delta: similarity threshold of Definition 1 (default: bin_width).
+        delta: similarity threshold of Definition 1 (default: bin_width); for vector outputs a
+            number or one per dimension (similarity="dims"), a number ("euclidean").
+        similarity: rule of Definition 1 for vector outputs: "dims" (every dimension within its
+            delta_j) or "euclidean" (||f(x~) - f(x)||_2 < delta); scalar outputs: both are
+            D(f(x~), f(x)) < delta.
         huber_beta: beta of the Huber distance.
         preserve_state: run perturbation passes on scratch buffers and replayed RNG (default True).
         validate: check y for NaN/inf each call (one host sync on GPU).
@@ -106,9 +100,12 @@ class SSIRLoss(torch.nn.Module):
                  target="noisy", clip_min=None, clip_max=None,
                  base_loss: Optional[Callable] = None, delta=None, huber_beta=1.0,
                  preserve_state=True, validate=True, rho=0.5, eps_max=None, subset=None,
-                 bins=None, bin_counts=None, perturb_autocast=None):
+                 bins=None, bin_counts=None, perturb_autocast=None, similarity="dims"):
         super().__init__()
-        self.bin_width = require_positive(bin_width, "bin_width")
+        self.bin_width = widths(bin_width, "bin_width")
+        if similarity not in ("dims", "euclidean"):
+            raise ValueError(f"similarity must be 'dims' or 'euclidean', got {similarity!r}")
+        self.similarity = similarity
         if isinstance(epsilon, str):
             if epsilon != "auto":
                 raise ValueError(f"epsilon must be a float >= 0 or 'auto', got {epsilon!r}")
@@ -129,8 +126,8 @@ class SSIRLoss(torch.nn.Module):
             raise ValueError("bins and bin_counts go together: give both or neither")
         if bins is not None:
             counts = torch.as_tensor(bin_counts, dtype=torch.float64).reshape(-1)
-            if counts.numel() != bins.num_bins:
-                raise ValueError(f"bin_counts must have one count per bin ({bins.num_bins}), got "
+            if counts.numel() != bins.size:
+                raise ValueError(f"bin_counts must have one count per bin ({bins.size}), got "
                                  f"{counts.numel()}")
             self.register_buffer("bin_rarity", 1.0 / counts.clamp(min=1.0), persistent=False)
         else:
@@ -159,14 +156,29 @@ class SSIRLoss(torch.nn.Module):
         if base_loss is not None and not callable(base_loss):
             raise TypeError(f"base_loss must be callable(pred, y, weight), got {base_loss!r}")
         self.base_loss = base_loss or weighted_l1
-        self.delta = self.bin_width if delta is None else require_positive(delta, "delta")
+        if similarity == "euclidean":
+            if isinstance(delta, (tuple, list, torch.Tensor)):
+                raise ValueError(f"delta must be one number with similarity='euclidean' (a "
+                                 f"radius), got {delta!r}")
+            width = self.bin_width
+            self.delta = (min(width) if isinstance(width, tuple) else width) if delta is None \
+                else require_positive(delta, "delta")
+        else:
+            self.delta = self.bin_width if delta is None else widths(delta, "delta")
+        if isinstance(self.bin_width, tuple) and isinstance(self.delta, tuple) and \
+                len(self.delta) != len(self.bin_width):
+            raise ValueError(f"delta must have one entry per dimension ({len(self.bin_width)}), "
+                             f"got {len(self.delta)}")
+        # auto-epsilon bounds the change by the tightest threshold of the rule
+        self._auto_delta = min(self.delta) if isinstance(self.delta, tuple) else self.delta
         self.huber_beta = require_positive(huber_beta, "huber_beta")
         self.preserve_state = preserve_state
         self.validate = validate
         self._bounds_on = {}
+        self._constants_on = {}
 
-    # The one conversion of clip bounds, shared with ops.perturb (issue 10): CPU float32 [] or [C].
-    _bound = staticmethod(_clip_bound)
+    # The one conversion of clip bounds, shared with ops.perturb: CPU float32 [] or [C].
+    _bound = staticmethod(clip_bound)
 
     def _bounds(self, device):
         # Bounds live on the input's device; converted once per device, not per call.
@@ -175,13 +187,52 @@ class SSIRLoss(torch.nn.Module):
             self._bounds_on[device] = (move(self.clip_min), move(self.clip_max))
         return self._bounds_on[device]
 
+    def _on(self, device, name, make):
+        # a constant moved to `device` once, not per step (a host-to-device copy waits for the
+        # device)
+        key = (name, device)
+        if key not in self._constants_on:
+            self._constants_on[key] = make()
+        return self._constants_on[key]
+
     def _dist(self, a, b, distance=None):
         # fp32 at least (bf16/fp16 outputs under autocast), fp64 kept for fp64 models.
         dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
         return distance_per_sample(distance or self.distance, a.to(dtype), b.to(dtype),
                                    self.huber_beta)
 
+    def _per_dim(self, name, ref):
+        """`bin_width` or `delta` as a multiplier of ref [N, D]: the float itself, or the per-dim
+        tuple as a [D] tensor on ref's device (made once per device and dtype)."""
+        value = getattr(self, name)
+        if not isinstance(value, tuple):
+            return value
+        if ref.dim() != 2 or ref.shape[1] != len(value):
+            raise ValueError(f"bin_width/delta give {len(value)} dimensions; the model's output "
+                             f"must then be [N, {len(value)}], got {tuple(ref.shape)}")
+        return self._on(ref.device, (name, ref.dtype),
+                        lambda: torch.tensor(value, dtype=ref.dtype, device=ref.device))
+
+    def _similar(self, adv, ref):
+        """(mean |f(x~) - f(x)| / dy, Definition 1 per sample) over the perturbed rows."""
+        if not is_vector(adv):
+            if isinstance(self.delta, tuple) or isinstance(self.bin_width, tuple):
+                self._per_dim("delta", ref)   # per-dimension values need [N, D]: a clear error
+            return (self._dist(adv, ref, "l1").mean() / self.bin_width,
+                    self._dist(adv, ref) < self.delta)
+        dtype = torch.promote_types(torch.promote_types(adv.dtype, ref.dtype), torch.float32)
+        adv, ref = adv.to(dtype), ref.to(dtype)
+        change = ((adv - ref).abs() / self._per_dim("bin_width", ref)).mean()
+        if self.similarity == "euclidean":
+            return change, (adv - ref).norm(dim=1) < self.delta
+        d = _elementwise(self.distance, adv, ref, self.huber_beta)
+        return change, (d < self._per_dim("delta", ref)).all(dim=1)
+
     def _check(self, x, y, pred, noise, weight):
+        if not isinstance(pred, torch.Tensor):
+            raise TypeError(f"SSIRLoss: the model returned a {type(pred).__name__}; it must "
+                            f"return the prediction tensor (for a model that returns more, pass "
+                            f"call=lambda x, rows, clean: (prediction, features))")
         if y.numel() != pred.numel():
             raise ValueError(f"y has {y.numel()} elements but the model's output has shape "
                              f"{tuple(pred.shape)}")
@@ -189,21 +240,30 @@ class SSIRLoss(torch.nn.Module):
             # same size, different batch: reshaping would pair labels with the wrong samples
             raise ValueError(f"y has shape {tuple(y.shape)} but the model's output has shape "
                              f"{tuple(pred.shape)}: y needs one row per sample ({pred.shape[0]})")
-        if self.validate and not bool(torch.isfinite(y).all()):
-            raise ValueError("y contains NaN or inf labels")
+        if self.validate and not bool(torch.isfinite(y).all() & torch.isfinite(x).all()):
+            if not bool(torch.isfinite(y).all()):
+                raise ValueError("y contains NaN or inf labels")
+            raise ValueError("x contains NaN or inf inputs (the perturbation would be NaN)")
         if noise is not None and noise.shape != pred.shape:
             raise ValueError(f"noise must have the shape of the model's output "
                              f"{tuple(pred.shape)}, got {tuple(noise.shape)}")
-        if weight is not None and weight.shape[0] != pred.shape[0]:
-            raise ValueError(f"weight must have {pred.shape[0]} rows (one per sample), got shape "
-                             f"{tuple(weight.shape)}")
+        if weight is not None:
+            check_weight(weight, pred, self.validate)
 
-    def _context(self, model, rng):
-        """Context for a perturbation pass: scratch buffers, replayed RNG."""
-        if not self.preserve_state:
-            return contextlib.nullcontext()
-        rng.restore()
-        return scratch_buffers(model)
+    @contextlib.contextmanager
+    def _context(self, model, rng, layers, mode, stats):
+        """Context for a perturbation pass: BatchNorm run the `mode` way (`ssir_fast._batchnorm`),
+        scratch copies of the buffers the pass may write, replayed RNG."""
+        with batchnorm_passes(layers, mode, stats) as untouched:
+            if not self.preserve_state:
+                yield
+                return
+            rng.restore()
+            # eval-mode BatchNorm and the layers run without running statistics write no buffer
+            owners = [m for m in model.modules() if m._buffers and m not in untouched and not (
+                isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.training)]
+            with scratch_buffers(model, owners):
+                yield
 
     def rarity(self, y):
         """Per-sample rarity: 1 / training count of the label's bin (mean over the elements of a
@@ -211,7 +271,9 @@ class SSIRLoss(torch.nn.Module):
         n = y.shape[0]
         if self.bin_rarity is None:
             return torch.ones(n, device=y.device)
-        table = self.bin_rarity.to(y.device)
+        table = self._on(y.device, "rarity", lambda: self.bin_rarity.to(y.device))
+        if getattr(self.bins, "vector", False):   # a grid: one flat bin per row [N, D]
+            return table[self.bins.index(y.detach().reshape(n, self.bins.dim))].float()
         r = table[self.bins.index(y.detach().reshape(n, -1))]
         return r.mean(dim=1).float()
 
@@ -222,7 +284,7 @@ class SSIRLoss(torch.nn.Module):
             return self.epsilon
         acc = torch.float64 if g.dtype == torch.float64 else torch.float32
         norm = g.reshape(g.shape[0], -1).to(acc).norm(dim=1)
-        eps = torch.where(norm > 0, self.rho * self.delta / norm.clamp(min=1e-30),
+        eps = torch.where(norm > 0, self.rho * self._auto_delta / norm.clamp(min=1e-30),
                           torch.zeros_like(norm))
         if self.eps_max is not None:
             eps = eps.clamp(max=self.eps_max)
@@ -254,36 +316,52 @@ class SSIRLoss(torch.nn.Module):
             raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
         if x.dim() < 1 or x.shape[0] == 0:
             raise ValueError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
+        if call is None and not callable(model):
+            raise TypeError(f"model must be a callable module, got {type(model).__name__}")
         lo, hi = self._bounds(x.device)
         x = x.detach()
         rng_before = RngSnapshot(x.device) if self.preserve_state else None
 
         # Clean forward, keeping the graph w.r.t. x for step 1.
         x_in = x.detach().requires_grad_(True)  # an alias of x: no copy
-        bn_stats = {}
+        subset = self.subset is not None and self.subset < 1
+        # BatchNorm once per pass: the clean forward's own statistics (with graph) serve the
+        # subset passes; without subset the perturbation passes use their batch's statistics.
+        layers, bn_stats = batchnorm_layers(model), {}
+        mode = "use" if subset else "batch"
         if call is None:
             call = lambda inputs, rows, clean: (model(inputs), None)  # noqa: E731
-        with _record_batchnorm_stats(model, bn_stats, self.subset is not None and self.subset < 1):
+        # Step 1 backpropagates through this graph with retain_graph=True, which a torch.compile'd
+        # backward with donated buffers refuses: whatever compiles in the clean call (a new shape
+        # recompiles) keeps its buffers.
+        with batchnorm_passes(layers, "record" if subset else None, bn_stats), \
+                no_donated_buffers():
             pred, features = call(x_in, None, True)
         self._check(x, y, pred, noise, weight)
-        y = y.reshape(pred.shape).to(pred.dtype)
+        # The supervised loss in at least float32 with the labels in their own precision: under
+        # bf16 autocast, casting y to pred's dtype would round 301 to 300.
+        acc = torch.promote_types(torch.promote_types(pred.dtype, y.dtype), torch.float32)
+        y = y.reshape(pred.shape).to(acc)
         ref = pred.detach().to(torch.promote_types(pred.dtype, torch.float32))
         if noise is not None:
             z = noise.to(device=ref.device, dtype=ref.dtype)
         elif self.target == "noisy":
-            z = (torch.rand_like(ref) * 2 - 1) * self.bin_width
+            z = (torch.rand_like(ref) * 2 - 1) * self._per_dim("bin_width", ref)
         else:
             z = None
         y_tilde = ref + z if z is not None and self.target == "noisy" else ref
-        supervised = self.base_loss(pred, y, weight)
+        supervised = self.base_loss(pred.to(acc), y, weight)
         rng_after = RngSnapshot(x.device) if self.preserve_state else None
 
         # Step 1: input gradient from the clean graph (kept for the final backward).
         d1 = self._dist(pred, y_tilde).sum()
-        (g,) = torch.autograd.grad(d1, x_in, retain_graph=True)
+        (g,) = input_grad(d1, x_in)
         index = None
-        if self.subset is not None and self.subset < 1:
-            index = draw_subset(self.rarity(y) if rarity is None else rarity, self.subset)
+        if subset:
+            # rarity from the bins is positive and finite by construction; a given one is checked
+            # with validate (a host read)
+            index = draw_subset(self.rarity(y) if rarity is None else rarity, self.subset,
+                                check=rarity is not None and self.validate)
             x, g = x[index], g[index]
         y_t = y_tilde if index is None else y_tilde[index]
         eps = self.radius(g)
@@ -292,15 +370,14 @@ class SSIRLoss(torch.nn.Module):
         # Steps 2..n: fresh forward at the current point, input gradient only.
         for _ in range(1, self.n_steps):
             xk = x_adv.requires_grad_(True)
-            with self._context(model, rng_before), self._fast(x.device), \
-                    _use_batchnorm_stats(bn_stats):
+            with self._context(model, rng_before, layers, mode, bn_stats), self._fast(x.device):
                 dk = self._dist(call(xk, index, False)[0], y_t).sum()
                 (g,) = torch.autograd.grad(dk, xk)
             x_adv = perturb(x, g, eps, lo, hi)
 
         # Consistency at x~ (parameters get gradients through this graph).
         x_adv = x_adv.detach()
-        with self._context(model, rng_before), _use_batchnorm_stats(bn_stats):
+        with self._context(model, rng_before, layers, mode, bn_stats):
             adv = call(x_adv, index, False)[0]
         if rng_after is not None:
             rng_after.restore()
@@ -308,8 +385,8 @@ class SSIRLoss(torch.nn.Module):
         loss = supervised + self.lam * consistency
         with torch.no_grad():
             ref_t = ref if index is None else ref[index]
-            change = self._dist(adv.detach(), ref_t, "l1")
-            similarity = (self._dist(adv.detach(), ref_t) < self.delta).float().mean()
+            change, similar = self._similar(adv.detach(), ref_t)
+            similarity = similar.float().mean()
             n = x.shape[0]
             xf = x.reshape(n, -1).float()
             moved = (x_adv.reshape(n, -1).float() - xf).norm(dim=1)
@@ -319,75 +396,5 @@ class SSIRLoss(torch.nn.Module):
                       else torch.full((n,), eps, device=x.device))
         return SSIRResult(loss=loss, pred=pred, supervised=supervised, consistency=consistency,
                           similarity=similarity, x_adv=x_adv, target=y_tilde, radius=radius,
-                          perturbation=perturbation, output_change=change.mean() / self.bin_width,
+                          perturbation=perturbation, output_change=change,
                           index=index, features=features)
-
-
-def draw_subset(rarity, fraction, generator=None):
-    """k = max(1, round(fraction * N)) distinct row indices (sorted), drawn one after another,
-    each with probability proportional to `rarity` among the rows not drawn yet (successive
-    sampling, `torch.multinomial` without replacement). Rows of rarity 0 are drawn last."""
-    rarity = rarity.detach().reshape(-1).float()
-    n = rarity.numel()
-    k = max(1, int(round(fraction * n)))
-    if k >= n:
-        return torch.arange(n, device=rarity.device)
-    # one host read for all three checks (a GPU training step should not wait more than once)
-    finite, negative, positive = torch.stack([torch.isfinite(rarity).all(), (rarity < 0).any(),
-                                              (rarity > 0).sum()]).tolist()
-    if not finite or negative:
-        raise ValueError("rarity must be finite and >= 0")
-    w = rarity if positive > 0 else torch.ones_like(rarity)
-    # zero-weight rows can only come after every positive one: a tiny floor keeps them drawable
-    w = w + (w.max() * 1e-12 if (positive if positive > 0 else n) < k else 0.0)
-    return torch.multinomial(w, k, replacement=False, generator=generator).sort().values
-
-
-@contextlib.contextmanager
-def _record_batchnorm_stats(model, store, enabled):
-    """Keep the batch mean and (biased) variance of each training-mode BatchNorm layer's input in
-    `store` during one forward, with their graph. The subset passes normalise with them: a
-    rarity-weighted subset has other batch statistics than the whole batch, and f(x~) would then
-    differ from f(x) through BatchNorm alone (measured: similarity rate 0.02 at eps = 1e-3). The
-    statistics keep their graph because the gradient of train-mode BatchNorm flows through them:
-    with constants instead, the subset mode lost 1 MAE on the default CNN (BENCHMARKS.md)."""
-    handles = []
-    if enabled:
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
-                def record(mod, args):
-                    v = args[0].to(torch.promote_types(args[0].dtype, torch.float32))
-                    dims = [0] + list(range(2, v.dim()))
-                    var, mean = torch.var_mean(v, dims, correction=0)   # one pass
-                    store[mod] = (mean, var)
-                handles.append(m.register_forward_pre_hook(record))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def _use_batchnorm_stats(store):
-    """BatchNorm layers in `store` output (v - mean) / sqrt(var + eps) * weight + bias with the
-    recorded statistics instead of the current batch's (written out: `F.batch_norm` takes no
-    statistics that require grad)."""
-    handles = []
-    for m, (mean, var) in store.items():
-        def replace(mod, args, out, mean=mean, var=var):
-            v = args[0]
-            shape = (1, -1) + (1,) * (v.dim() - 2)
-            scale = torch.rsqrt(var + mod.eps)
-            if mod.weight is not None:
-                scale = scale * mod.weight
-            y = (v.to(mean.dtype) - mean.reshape(shape)) * scale.reshape(shape)
-            if mod.bias is not None:
-                y = y + mod.bias.reshape(shape)
-            return y.to(out.dtype)
-        handles.append(m.register_forward_hook(replace))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()

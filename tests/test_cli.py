@@ -90,9 +90,8 @@ def test_method_flags_train_end_to_end(method, tmp_path):
 
 def _flags(args):
     """The config values the method flags set (for the method name)."""
-    from ssir_fast.cli import build_parser
-    ns = build_parser().parse_args(["train", *args])
-    return {k: v for k, v in vars(ns).items() if k not in ("command", "config", "sweep")}
+    from ssir_fast.cli import build_parser, train_values
+    return train_values(build_parser().parse_args(["train", *args]).train)
 
 
 def test_training_learns_and_beats_the_mean(tmp_path):
@@ -192,6 +191,31 @@ def test_ddp_two_gloo_processes_match_one_process(method, tmp_path):
         assert int(ck["model"]["fds.num_samples_tracked"].sum()) == 5 * 1250
 
 
+def test_torchrun_rank_exits_without_interpreter_teardown(monkeypatch, capsys):
+    # A torchrun rank leaves through os._exit with main's code (a gloo group's threads can abort
+    # the interpreter's teardown); a plain process returns the code as usual.
+    import ssir_fast.cli as cli
+    exits = []
+
+    def fake_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(sys, "argv", ["ssir-fast", "info"])
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert cli.entry() == 0 and exits == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):
+        cli.entry()
+    assert exits == [0]
+    monkeypatch.setattr(sys, "argv", ["ssir-fast", "train", "--epochs", "0"])
+    with pytest.raises(SystemExit):
+        cli.entry()
+    assert exits == [0, 2]
+    capsys.readouterr()
+
+
 def test_rrt_second_stage_from_checkpoint(tmp_path):
     first = run(GAUSS, tmp_path, "first")
     out = run(GAUSS + ["--rrt", "--reweight", "sqrt_inv", "--checkpoint",
@@ -216,7 +240,7 @@ def test_rrt_second_stage_from_checkpoint(tmp_path):
     (["--data", "tabular", "--data-root", "x.csv"], "needs --target"),
     (["--data", "two_gaussians", "--model", "cnn"], "use --model mlp"),
     (["--data", "nyud2", "--data-root", "x", "--fds"], "--fds and --ranksim"),
-    (["--lds-ks", "4", "--reweight", "inverse", "--lds"], "must be odd"),
+    (["--lds-ks", "4", "--reweight", "inverse", "--lds"], "--lds-ks must be an odd integer"),
     (["--epochs", "0"], "--epochs must be an integer >= 1"),
     (["--schedule", "multistep", "--milestones", ""], "needs --milestones"),
     (["--resume"], "--resume needs --out"),
@@ -235,11 +259,11 @@ def test_config_files_yaml_toml_and_precedence(tmp_path):
     y.write_text("data: two_gaussians\nreweight: sqrt_inv\nlds: true\nlam: 0.5\nssir: yes\n"
                  "epsilon: 1e-3\nmilestones: [3, 4]\n")
     t = tmp_path / "c.toml"
-    t.write_text('[train]\ndata = "two_gaussians"\nreweight = "inverse"\nlds-ks = 7\n')
+    t.write_text('[train]\ndata = "two_gaussians"\nreweight = "inverse"\nlds = true\nlds-ks = 7\n')
     cy = make_config({"lam": 2.0}, load_config_file(str(y)))
-    assert (cy.reweight, cy.lds, cy.ssir, cy.lam, cy.epsilon, cy.milestones) == \
+    assert (cy.reweight, cy.lds, cy.ssir.enabled, cy.lam, cy.epsilon, cy.milestones) == \
         ("sqrt_inv", True, True, 2.0, 1e-3, [3, 4])            # the flag beats the file
-    assert cy.model == "mlp" and cy.loss == "mse" and cy.weight_decay == 5e-5   # preset
+    assert cy.model.name == "mlp" and cy.loss == "mse" and cy.weight_decay == 5e-5   # preset
     ct = make_config({}, load_config_file(str(t)))
     assert (ct.reweight, ct.lds_ks) == ("inverse", 7)
     bad = tmp_path / "bad.yaml"
@@ -252,10 +276,10 @@ def test_config_files_yaml_toml_and_precedence(tmp_path):
 
 def test_presets_hold_the_paper_schedules():
     a = make_config({"data": "agedb", "data_root": "x"})
-    assert (a.model, a.epochs, a.batch_size, a.lr, a.milestones, a.loss, a.epsilon, a.lam) == \
+    assert (a.model.name, a.epochs, a.batch_size, a.lr, a.milestones, a.loss, a.epsilon, a.lam) == \
         ("resnet50", 90, 256, 1e-3, [60, 80], "l1", 1e-3, 0.1)
     n = make_config({"data": "nyud2", "data_root": "x"})
-    assert (n.model, n.epochs, n.batch_size, n.lr, n.weight_decay, n.schedule, n.step_size,
+    assert (n.model.name, n.epochs, n.batch_size, n.lr, n.weight_decay, n.schedule, n.step_size,
             n.loss, n.epsilon, n.lam, n.fds_clip) == \
         ("depthnet", 20, 32, 1e-4, 1e-4, "step", 5, "mse", 5e-4, 1.0, [0.2, 5.0])
 
@@ -268,7 +292,7 @@ def test_shipped_configs_are_valid():
     for f in files:
         values = load_config_file(os.path.join(folder, f))
         cfg = make_config({"data_root": "somewhere"}, values)
-        seen.add((cfg.data, cfg.method_name()))
+        seen.add((cfg.data.name, cfg.method_name()))
     for need in [("agedb", "sqinv+ssir"), ("agedb", "focal-l1+ssir"), ("agedb", "vanilla"),
                  ("imdb_wiki", "sqinv+ssir"), ("nyud2", "inv+ssir"), ("nyud2", "vanilla")]:
         assert need in seen, need
@@ -340,7 +364,7 @@ def test_agedb_layout_and_tabular_csv_and_nyud2_depth(tmp_path):
     assert res["all"]["delta1"] is not None
 
 
-# ---- issue 11: fidelity and robustness ---------------------------------------------------------
+# ---- fidelity and robustness -----------------------------------------------------------------
 
 @pytest.mark.parametrize("text,message", [
     ("epochs: 1.9\n", "option epochs: expected an integer, got 1.9"),
@@ -418,7 +442,8 @@ def test_shot_group_config_and_nyud2_preset(tmp_path):
     path.write_text("data: two_gaussians\nmany_bins: 0-9,20\nfew_bins: [30, 31]\n")
     c = make_config({}, load_config_file(str(path)))
     assert c.many_bins == list(range(10)) + [20] and c.few_bins == [30, 31]
-    with pytest.raises(ConfigError, match="bin 3 is also in --many-bins"):
+    with pytest.raises(ConfigError, match="--many/medium/few-bins: bin 3 is in both .many. and "
+                                          ".few."):
         make_config({"data": "two_gaussians", "many_bins": [3], "few_bins": [3]})
 
 
@@ -435,13 +460,16 @@ def test_nyud2_run_uses_official_weighting_and_shot_lists(tmp_path):
                        "lds_int_counts": True, "out": str(tmp_path / "o"), "progress": False})
     t = Trainer(cfg)
     t.setup()
-    ref = bin_weights(t.train_labels, t.bins, "inverse", True, lds_int_counts=True,
+    d = t.data
+    ref = bin_weights(d.train_labels, d.bins, "inverse", True, lds_int_counts=True,
                       **DIR_RECIPES["depth"])
-    np.testing.assert_array_equal(t.bin_w, ref)
-    assert not np.allclose(t.bin_w, bin_weights(t.train_labels, t.bins, "inverse", True))
-    assert t.shot_bins == nyud2_shot_bins(t.bins)
+    np.testing.assert_array_equal(d.bin_w, ref)
+    assert not np.allclose(d.bin_w, bin_weights(d.train_labels, d.bins, "inverse", True))
+    assert d.shot_bins == nyud2_shot_bins(d.bins)
+    assert d.dense and d.select == "rmse"
     m = t.evaluate("test")
-    assert m.shot_bins == t.shot_bins
+    assert m.shot_bins == d.shot_bins
+    t.runtime.close()
 
 
 def test_package_exposes_data_and_train_after_a_plain_import():

@@ -252,8 +252,8 @@ def test_mixed_gpu_one_pipeline_half_way_and_no_host_sync(agedb):
 
 
 def _graph(ld, device_id, parallel):
-    from ssir_fast.data.dali_loader import _BatchSource, _EpochTable, build_pipeline
-    pipe = build_pipeline(ld, _BatchSource(ld, _EpochTable()), device_id, parallel=parallel)
+    from ssir_fast.data.dali_pipeline import BatchSource, EpochTable, build_pipeline
+    pipe = build_pipeline(ld, BatchSource(ld, EpochTable()), device_id, parallel=parallel)
     pipe._build_graph()                  # the operator graph only: needs no GPU
     devices = {}
     for op in pipe._ops:                 # "__Resize_5" -> "Resize": devices of its outputs

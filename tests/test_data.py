@@ -571,3 +571,19 @@ def test_tabular_csv(tmp_path):
         D.load_dataset("tabular", root=str(p), target="price", features=["a", "b"])
     with pytest.raises(DataError, match="missing target column 'y'"):
         D.load_dataset("tabular", root=str(p), target="y")
+
+
+def test_has_main_guard_reads_the_script_without_running_it(tmp_path):
+    # both backends ask it whether spawned / forkserver workers may re-import the main script
+    from ssir_fast.data.loader_base import has_main_guard
+    cases = {"guarded.py": "import sys\nif __name__ == \"__main__\":\n    sys.exit(3)\n",
+             "reversed.py": "if '__main__' == __name__:\n    pass\n",
+             "bare.py": "raise SystemExit(3)\n",
+             "nested.py": "def f():\n    if __name__ == '__main__':\n        pass\n",
+             "broken.py": "if __name__ == '__main__'\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    got = {name: has_main_guard(str(tmp_path / name)) for name in cases}
+    assert got == {"guarded.py": True, "reversed.py": True, "bare.py": False, "nested.py": False,
+                   "broken.py": False}
+    assert has_main_guard(str(tmp_path / "missing.py")) is False

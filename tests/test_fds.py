@@ -77,7 +77,7 @@ def test_fds_calibrate_vs_float64_formula(device, dtype, N, C):
                         smean.to(device), svar.to(device), 0.1, 10.0)
     fin = f.to(dtype).double()
     want = fin.clone()
-    for n in range(N):  # the SPEC 3.3 formula, one sample at a time
+    for n in range(N):  # the calibration formula, one sample at a time
         b = int(idx[n])
         if 0 <= b < B:
             want[n] = (fin[n] - mean[b]) * torch.sqrt(torch.clamp(svar[b] / var[b], 0.1, 10)) + smean[b]
@@ -355,3 +355,126 @@ def test_bin_feature_stats_bad_input_same_on_kernel_and_fallback(monkeypatch, us
         bin_feature_stats(torch.zeros(3), idx, 2)
     with pytest.raises(TypeError, match="features must be float"):
         bin_feature_stats(f.long(), idx, 2)
+
+
+def test_fds_calibrate_under_torch_func_equals_the_pure_pytorch_path():
+    from torch.func import grad, jacrev, jvp, vmap
+    from ssir_fast.ops import fds_calibrate
+    from ssir_fast.ops.fds_calibrate import fds_calibrate_torch
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    idx = torch.tensor([0, 1, 2, 4, 7, -1])
+    m, sm = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    v, sv = (torch.rand(5, 3, generator=g, dtype=torch.float64) + 0.1 for _ in range(2))
+    op = lambda z: fds_calibrate(z, idx, m, v, sm, sv)  # noqa: E731
+    ref = lambda z: fds_calibrate_torch(z, idx, m, v, sm, sv, 0.1, 10.0)  # noqa: E731
+    torch.testing.assert_close(jacrev(op)(z), jacrev(ref)(z))
+    torch.testing.assert_close(grad(lambda z: op(z).sum())(z), grad(lambda z: ref(z).sum())(z))
+    tangent = jvp(op, (z,), (torch.ones_like(z),))[1]
+    # the Jacobian is diagonal: the tangent along ones is the per-element scale (1 where unchanged)
+    torch.testing.assert_close(tangent, jacrev(ref)(z).sum((2, 3)))
+    assert tangent.abs().min() > 0
+    zs = torch.randn(2, 6, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(vmap(op)(zs), torch.stack([ref(a) for a in zs]))
+
+
+def test_statistics_ops_refuse_torch_func_differentiation():
+    from torch.func import grad, jvp, vmap
+    from ssir_fast.ops import bin_feature_stats, bin_reduce
+    p, y = torch.randn(8), torch.rand(8) * 5
+    with pytest.raises(RuntimeError, match="bin_reduce is not differentiable"):
+        grad(lambda p: bin_reduce(p, y, 0.0, 1.0, 5)[:, 1].sum())(p)
+    with pytest.raises(RuntimeError, match="bin_reduce is not differentiable"):
+        jvp(lambda p: bin_reduce(p, y, 0.0, 1.0, 5), (p,), (p,))
+    f, idx = torch.randn(6, 3), torch.tensor([0, 1, 1, 2, 4, -1])
+    with pytest.raises(RuntimeError, match="bin_feature_stats is not differentiable"):
+        grad(lambda f: bin_feature_stats(f, idx, 5)[1].sum())(f)
+    # vmap is exact (one call per sample), and a detached input inside grad is fine
+    ps = torch.randn(3, 8)
+    torch.testing.assert_close(vmap(lambda p: bin_reduce(p, y, 0.0, 1.0, 5))(ps),
+                               torch.stack([bin_reduce(a, y, 0.0, 1.0, 5) for a in ps]))
+    out = grad(lambda p: (p * p).sum() + 0 * bin_reduce(p.detach(), y, 0.0, 1.0, 5).sum())(p)
+    torch.testing.assert_close(out, 2 * p)
+
+
+# ---- non-finite features keep NaN variances; scratch grows with the bins present -------------
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_inf_features_give_nan_variance(device):
+    f = torch.tensor([[float("inf"), 1.0], [1.0, 2.0], [0.5, 0.5]], device=device)
+    idx = torch.tensor([0, 0, 1], device=device)
+    count, mean, var = bin_feature_stats(f, idx, 2)
+    c_ref, m_ref, v_ref = bin_feature_stats_torch(f.cpu(), idx.cpu(), 2)
+    assert torch.isnan(var[0, 0]), var  # inf - inf: never hidden as a zero variance
+    assert torch.equal(torch.isnan(var.cpu()), torch.isnan(v_ref))
+    assert torch.allclose(var.cpu()[~torch.isnan(v_ref)], v_ref[~torch.isnan(v_ref)])
+
+
+@needs_ext
+def test_stats_scratch_is_bounded_by_the_bins_present():
+    """64 samples in 100,000 bins: the outputs ([B, C] mean and var, 205 MB) are the only
+    allocation that grows with num_bins (the scratch used to be 3 * B * 256 doubles per task)."""
+    import subprocess
+    import sys
+    code = """
+import resource, torch, ssir_fast
+torch.set_num_threads(2)
+f = torch.randn(64, 256); idx = torch.randint(0, 100_000, (64,))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+count, mean, var = ssir_fast.ops.bin_feature_stats(f, idx, 100_000)
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+ref = ssir_fast.ops.bin_feature_stats.__wrapped__ if hasattr(ssir_fast.ops.bin_feature_stats, '__wrapped__') else None
+b = idx[0]
+sel = f[idx == b]
+assert torch.allclose(mean[b], sel.mean(0), atol=1e-5) and int(count.sum()) == 64
+print(f"grown {grown:.0f} MB")
+assert grown < 350, grown
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stats_cuda_scratch_is_bounded_by_the_bins_present():
+    f = torch.randn(256, 512, device="cuda")
+    idx = torch.randint(0, 100_000, (256,), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    count, mean, var = bin_feature_stats(f, idx, 100_000)
+    torch.cuda.synchronize()
+    outputs = count.nbytes + mean.nbytes + var.nbytes
+    extra = torch.cuda.max_memory_allocated() - base - outputs
+    assert extra < 64 * 2**20, extra / 2**20  # was (N/128 + B) * C * 16 bytes = 820 MB
+    c_ref, m_ref, v_ref = bin_feature_stats_torch(f.cpu(), idx.cpu(), 100_000)
+    assert torch.equal(count.cpu(), c_ref)
+    assert torch.allclose(mean.cpu(), m_ref, atol=1e-5)
+
+
+# ---- FDS.forward reads nothing back from the device -----------------------------------------
+def test_fds_forward_reads_no_device_value(monkeypatch):
+    bins = LabelBins(0, 1, 10)
+    fds = FDS(4, bins, start_smooth=1)
+    fds.update(torch.randn(50, 4), torch.randint(0, 10, (50,)).float())
+    fds.end_epoch(0)
+    fds.train()
+    feats, labels = torch.randn(8, 4), torch.randint(0, 10, (8,)).float()
+    expected = fds(feats, labels, 1)
+    reads = []
+    for name in ("__int__", "__bool__", "item", "__float__", "__index__"):
+        orig = getattr(torch.Tensor, name)
+        def spy(self, *a, _orig=orig, _name=name, **k):
+            reads.append(_name)
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    labels_cuda_like = labels  # CPU labels are checked (free there); the epoch is not read back
+    out = fds(feats, labels_cuda_like, 1)
+    out2 = fds(feats, labels_cuda_like)  # the default epoch: last finished + 1
+    monkeypatch.undo()
+    assert torch.equal(out, expected) and torch.equal(out2, expected)
+    assert reads.count("__int__") == 0 and reads.count("item") == 0, reads
+    # a checkpoint load refreshes the host copy of the epoch
+    state = fds.state_dict()
+    state["epoch"] = torch.tensor(-1)
+    fds.load_state_dict(state)
+    assert not fds.active()

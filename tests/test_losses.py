@@ -246,3 +246,24 @@ def test_ssir_loss_refuses_targets_of_another_batch_shape():
         loss(model, x, torch.zeros(4, 2))
     for y in (torch.zeros(8), torch.zeros(8, 1)):
         assert torch.isfinite(loss(model, x, y).loss)
+
+
+@pytest.mark.parametrize("loss", [
+    lambda p, y: ssir_fast.losses.weighted_l1(p, y),
+    lambda p, y: ssir_fast.losses.weighted_mse(p, y),
+    lambda p, y: focal_l1(p, y), lambda p, y: focal_mse(p, y),
+    lambda p, y: BalancedMSELoss("bmc")(p, y)], ids=["l1", "mse", "focal_l1", "focal_mse", "bmc"])
+def test_losses_widen_bf16_predictions_and_keep_label_precision(loss):
+    # a bf16 prediction (autocast) against float32 labels: computed in float32 with the labels as
+    # given, equal to the same loss on the widened prediction (bf16 math would round 301 to 300)
+    pred = torch.tensor([[300.0], [298.0], [305.0]], dtype=torch.bfloat16, requires_grad=True)
+    y = torch.tensor([[301.0], [299.5], [303.25]])
+    out = loss(pred, y)
+    assert out.dtype == torch.float32
+    ref_pred = pred.detach().float().requires_grad_(True)
+    ref = loss(ref_pred, y)
+    torch.testing.assert_close(out, ref)
+    out.backward(); ref.backward()
+    torch.testing.assert_close(pred.grad.float(), ref_pred.grad.to(torch.bfloat16).float())
+    low = loss(pred.detach(), y.to(torch.bfloat16))   # both bf16: still float32 math
+    assert low.dtype == torch.float32

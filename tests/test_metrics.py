@@ -1,5 +1,6 @@
-"""ssir_fast.metrics (SPEC 5) against an independent float64 numpy implementation of the DIR
-shot metrics, plus groups, empty groups, masks, streaming, checkpoints, export and DDP."""
+"""ssir_fast.metrics (docs/algorithm.md, section 6) against an independent float64 numpy
+implementation of the DIR shot metrics, plus groups, empty groups, masks, streaming, checkpoints,
+export and DDP."""
 import io
 import json
 import math

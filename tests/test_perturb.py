@@ -4,7 +4,7 @@ import torch
 
 import ssir_fast
 from ssir_fast.ops import perturb
-from ssir_fast.ops.perturb import perturb_torch, _bound
+from ssir_fast.ops.perturb import perturb_torch, clip_bound
 from ssir_fast.reference import perturb_reference
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -125,7 +125,8 @@ def test_fallback_matches_kernel():
     x = torch.randn(4, 3, 5, 5)
     g = torch.randn_like(x)
     g[0] = 0
-    lo, hi = _bound(torch.tensor([-1.0, -0.5, 0.0]), "clip_min", x), _bound(1.0, "clip_max", x)
+    lo = clip_bound(torch.tensor([-1.0, -0.5, 0.0]), "clip_min", x)
+    hi = clip_bound(1.0, "clip_max", x)
     assert torch.allclose(perturb_torch(x, g, 0.9, lo, hi), perturb(x, g, 0.9, lo, hi), atol=1e-6)
 
 
@@ -211,7 +212,7 @@ def test_cuda_equals_cpu(dtype, shape):
     assert (gpu.float() - cpu.float()).abs().max() <= TOL[dtype] * 4
 
 
-# ---- per-sample epsilon (issue 12 item 2) ----------------------------------------------------
+# ---- per-sample epsilon ---------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", list(TOL))
 @pytest.mark.parametrize("shape", [(5, 7), (4, 3, 5, 7), (3, 150528), (6, 1)])
@@ -264,7 +265,7 @@ def test_per_sample_epsilon_fallback_matches_kernel():
     x = torch.randn(4, 3, 5, 5)
     g = torch.randn_like(x)
     eps = torch.tensor([0.2, 0.0, 1.5, 0.9])
-    lo, hi = _bound(-1.0, "clip_min", x), _bound(1.0, "clip_max", x)
+    lo, hi = clip_bound(-1.0, "clip_min", x), clip_bound(1.0, "clip_max", x)
     torch.testing.assert_close(perturb_torch(x, g, 1.0, lo, hi, eps), perturb(x, g, eps, lo, hi),
                                atol=1e-6, rtol=0)
 
@@ -330,7 +331,9 @@ def test_per_sample_epsilon_cpp_checks():
     for eps, exc, words in ((torch.ones(3), ValueError, r"shape \[N\] = \[4\]"),
                             (torch.tensor([0.1, -1.0, 0.0, 0.0]), ValueError, "finite and >= 0"),
                             (torch.tensor([0.1, float("nan"), 0.0, 0.0]), ValueError, "finite and >= 0"),
-                            (torch.ones(4, dtype=torch.int32), TypeError, "floating-point")):
+                            # a stable-ABI kernel raises ValueError for every bad argument;
+                            # the wrapper restores TypeError (test_per_sample_epsilon_bad_input)
+                            (torch.ones(4, dtype=torch.int32), ValueError, "floating-point")):
         with pytest.raises(exc, match=words):
             torch.ops.ssir_fast.perturb(x, g, 1.0, None, None, eps)
 
@@ -366,3 +369,117 @@ def test_backward_forms_only_the_requested_gradients(monkeypatch):
     assert calls == [1]
     gg_only, = torch.autograd.grad((perturb(x.detach(), g, 0.7, -0.5, 0.5) * w).sum(), g)
     torch.testing.assert_close(gg_only, gg, rtol=0, atol=0)
+
+
+def test_torch_func_transforms_equal_the_pure_pytorch_path():
+    # the kernels have a reverse-mode formula only: under torch.func (and forward-mode AD) the op
+    # takes its pure-PyTorch path; a zero tangent from jvp went unnoticed before
+    from torch.func import grad, jacrev, jvp, vmap
+    g0 = torch.Generator().manual_seed(3)
+    x, g, v = (torch.randn(3, 2, 4, generator=g0, dtype=torch.float64) for _ in range(3))
+    lo, hi = torch.tensor([-0.5, -1.0], dtype=torch.float64), 0.9
+    op = lambda x, g: perturb(x, g, 0.7, lo, hi)  # noqa: E731
+    lo_t, hi_t = clip_bound(lo, "lo"), clip_bound(hi, "hi")
+    ref = lambda x, g: perturb_torch(x, g, 0.7, lo_t, hi_t)  # noqa: E731
+    for argnums in (0, 1):
+        torch.testing.assert_close(grad(lambda *a: op(*a).square().sum(), argnums)(x, g),
+                                   grad(lambda *a: ref(*a).square().sum(), argnums)(x, g))
+    torch.testing.assert_close(jacrev(op, argnums=1)(x, g), jacrev(ref, argnums=1)(x, g))
+    tangent = jvp(lambda g: op(x, g), (g,), (v,))[1]
+    torch.testing.assert_close(tangent, jvp(lambda g: ref(x, g), (g,), (v,))[1])
+    assert tangent.abs().max() > 0
+    # finite difference of the op itself (kernel) along v
+    h = 1e-6
+    fd = (perturb(x, g + h * v, 0.7, lo, hi) - perturb(x, g - h * v, 0.7, lo, hi)) / (2 * h)
+    torch.testing.assert_close(tangent, fd, rtol=1e-5, atol=1e-7)
+    xs, gs = x.unsqueeze(1), g.unsqueeze(1)   # vmap over the 3 rows: batches of one sample
+    torch.testing.assert_close(vmap(op)(xs, gs), torch.stack([op(a, b) for a, b in zip(xs, gs)]))
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        out = fwAD.unpack_dual(perturb(x, fwAD.make_dual(g, v), 0.7, lo, hi)).tangent
+    torch.testing.assert_close(out, tangent)
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0)])
+def test_empty_batch_with_gradients(shape):
+    x = torch.zeros(shape, requires_grad=True)
+    g = torch.zeros(shape, requires_grad=True)
+    perturb(x, g, 0.5, -1.0, 1.0).sum().backward()
+    assert x.grad.shape == shape and g.grad.shape == shape
+    args = (torch.zeros(shape, requires_grad=True), torch.zeros(shape, requires_grad=True), 0.5,
+            None, None)
+    torch.library.opcheck(torch.ops.ssir_fast.perturb.default, args)
+
+
+class _Bounded(torch.nn.Module):
+    def __init__(self, lo, hi):
+        super().__init__()
+        self.register_buffer("lo", lo)
+        self.register_buffer("hi", hi)
+
+    def forward(self, x, g):
+        return perturb(x, g, 0.5, self.lo, self.hi)
+
+
+@pytest.mark.parametrize("kind", ["channels", "0-d", "list", "buffers"])
+def test_compile_fullgraph_and_export_with_tensor_bounds(kind):
+    # the NaN check on a bound read its value on the host: a traced bound has none
+    torch._dynamo.reset()
+    x, g = torch.randn(4, 3, 5), torch.randn(4, 3, 5)
+    lo, hi = {"channels": (torch.tensor([-1.0, -0.2, 0.0]), torch.tensor([1.0, 0.3, 0.5])),
+              "0-d": (torch.tensor(-0.3), torch.tensor(0.4)),
+              "list": ([-1.0, -0.2, 0.0], [1.0, 0.3, 0.5]),
+              "buffers": (torch.tensor([-1.0, -0.2, 0.0]), torch.tensor([1.0, 0.3, 0.5]))}[kind]
+    expect = perturb_reference(x, g, 0.5, lo, hi).float()
+    if kind == "buffers":
+        fn = _Bounded(lo, hi)
+    else:
+        fn = lambda x, g: perturb(x, g, 0.5, lo, hi)  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, g), expect)
+    module = fn if kind == "buffers" else _Bounded(*(torch.as_tensor(b) for b in (lo, hi)))
+    exported = torch.export.export(module, (x, g))
+    torch.testing.assert_close(exported.module()(x, g), expect)
+
+
+# ---- NaN never becomes a clip bound; empty per-channel bounds; host bounds without a sync ----
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_nan_is_kept_by_the_clip(device):
+    x = torch.tensor([[float("nan"), 0.5, 0.2]], device=device)
+    g = torch.ones(1, 3, device=device)
+    out = perturb(x, g, 0.1, 0.0, 1.0)
+    assert torch.isnan(out[0, 0]) and not torch.isnan(out[0, 1:]).any()
+    ref = perturb_torch(x, g, 0.1, clip_bound(0.0, "lo", x), clip_bound(1.0, "hi", x))
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    # a NaN gradient element stays NaN in the output, as in the fallback
+    g_nan = torch.tensor([[float("nan"), 1.0, 1.0]], device=device)
+    x0 = torch.zeros(1, 3, device=device)
+    out = perturb(x0, g_nan, 0.1, 0.0, 1.0)
+    ref = perturb_torch(x0, g_nan, 0.1, clip_bound(0.0, "lo", x0), clip_bound(1.0, "hi", x0))
+    assert torch.isnan(out[0, 0]) and torch.equal(torch.isnan(out), torch.isnan(ref))
+
+
+def test_empty_per_channel_bound_gives_an_empty_result():
+    x, g = torch.randn(2, 0, 3), torch.randn(2, 0, 3)
+    out = perturb(x, g, 0.1, torch.empty(0), None)
+    assert out.shape == (2, 0, 3)
+    assert perturb(x, g, 0.1, torch.empty(0), torch.empty(0)).shape == (2, 0, 3)
+    ref = perturb_torch(x, g, 0.1, torch.empty(0), None)
+    assert ref.shape == out.shape
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("lo, hi", [(0.0, 1.0), ([0.0, 0.1, 0.2], [1.0, 1.0, 1.0]),
+                                    (torch.zeros(3), torch.ones(3))])
+def test_host_bounds_reach_cuda_without_a_sync(lo, hi):
+    x = torch.rand(4, 3, 8, device="cuda")
+    g = torch.randn_like(x)
+    ref = perturb_torch(x, g, 0.1, clip_bound(lo, "lo", x), clip_bound(hi, "hi", x))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = perturb(x, g, 0.1, lo, hi)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.allclose(out, ref)

@@ -1,4 +1,4 @@
-"""The data-set registry and the sectioned configuration (issue 13 item 3): one registration adds a
+"""The data-set registry and the sectioned configuration: one registration adds a
 data set to load_dataset, the CLI, the presets, the validation and the help; --data-options are
 checked against the loader's signature; validation runs once; config files flat or in sections;
 the run folder's config.json reproduces the run."""
@@ -14,8 +14,9 @@ import ssir_fast.data as D
 from ssir_fast.cli import build_parser, main
 from ssir_fast.data import registry
 from ssir_fast.train import ConfigError, make_config
-from ssir_fast.train.config import (SECTIONS, TrainConfig, ensure_valid, load_config_file,
-                                    preset_note, sectioned, validate, write_config)
+from ssir_fast.train.config import (FLAT, LEAVES, SECTIONS, TrainConfig, ensure_valid,
+                                    load_config_file, preset_note, sectioned, validate,
+                                    write_config)
 
 GAUSS = ["--data", "two_gaussians", "--ratio", "4", "--epochs", "1", "--batch-size", "256",
          "--no-progress", "--no-plots"]
@@ -38,9 +39,9 @@ def tiny():
     def load(root=None, *, n_major=200, on_error="raise", ratio=4.0, seed=0):
         return D.two_gaussians(ratio=ratio, d=4, n_major=n_major, n_test=60, seed=seed)
 
-    def rules(cfg):
-        calls.append(cfg.data)
-        return [] if cfg.width <= 64 else [f"--data tiny: --width {cfg.width} is too wide"]
+    def rules(*, data, width, **_):
+        calls.append(data)
+        return [] if width <= 64 else [f"--data tiny: --width {width} is too wide"]
 
     spec = registry.register(registry.DataSpec(
         "tiny", "small two Gaussians", "tabular", load, flags={"ratio": "ratio", "seed": "seed"},
@@ -53,9 +54,9 @@ def tiny():
 
 # ---- the registry --------------------------------------------------------------------------
 
-def test_registry_holds_the_six_data_sets_and_their_loader_options():
+def test_registry_holds_the_seven_data_sets_and_their_loader_options():
     assert registry.names() == ("default", "agedb", "imdb_wiki", "nyud2", "two_gaussians",
-                                "tabular")
+                                "tabular", "default2d")
     assert D.DATASETS == registry.names()
     opts = {s.name: s.options for s in registry.specs()}
     # the options are the loaders' keyword parameters, through the **kwargs they pass on
@@ -68,7 +69,8 @@ def test_registry_holds_the_six_data_sets_and_their_loader_options():
     assert "splits" not in opts["tabular"] and "self" not in opts["tabular"]
     kinds = {s.name: s.kind for s in registry.specs()}
     assert kinds == {"default": "image", "agedb": "image", "imdb_wiki": "image",
-                     "nyud2": "depth", "two_gaussians": "tabular", "tabular": "tabular"}
+                     "nyud2": "depth", "two_gaussians": "tabular", "tabular": "tabular",
+                     "default2d": "image"}
 
 
 def test_registration_errors_are_clear(tiny):
@@ -103,8 +105,7 @@ def test_load_dataset_checks_options_against_the_loader_signature():
 def test_input_shape_comes_from_the_registration():
     from ssir_fast.train.builders import input_shape
     ds = D.load_dataset("two_gaussians", n_major=20, d=5)
-    cfg = make_config({"data": "two_gaussians"})
-    assert input_shape(cfg, ds) == (5,)
+    assert input_shape("two_gaussians", ds) == (5,)
 
     class Images:
         image_size = (24, 32)
@@ -181,9 +182,9 @@ def test_validation_runs_once_and_again_after_a_change(tiny, tmp_path):
     cfg = make_config({"data": "tiny", "out": str(tmp_path / "o"), "progress": False})
     assert tiny.calls == ["tiny"]
     t = Trainer(cfg)
-    t.env.close()
+    t.runtime.close()
     assert tiny.calls == ["tiny"]                     # the trainer did not validate it again
-    cfg.width = 512                                   # changed since: validated again, refused
+    cfg.model.width = 512                                 # changed since: validated again, refused
     with pytest.raises(ConfigError, match="--width 512 is too wide"):
         Trainer(cfg)
     assert tiny.calls == ["tiny", "tiny"]
@@ -191,15 +192,16 @@ def test_validation_runs_once_and_again_after_a_change(tiny, tmp_path):
     assert len(tiny.calls) == 3
 
 
-def test_a_bug_inside_a_loader_is_not_reported_as_a_data_option(tiny, tmp_path):
+def test_a_bug_inside_a_loader_is_not_reported_as_a_data_option(tiny, tmp_path, capsys):
     def broken(root=None, *, on_error="raise", ratio=4.0, seed=0):
         return D.two_gaussians(ratio=ratio, d=4, n_major=50, n_test=20, seed=seed, colour="red")
     registry.register(registry.DataSpec("tiny", "broken", "tabular", broken,
                                         flags={"ratio": "ratio", "seed": "seed"},
                                         preset=tiny.spec.preset), replace=True)
-    with pytest.raises(TypeError, match="colour"):
-        main(["train", "--data", "tiny", "--no-progress", "--no-plots",
-              "--out", str(tmp_path / "b")])
+    assert main(["train", "--data", "tiny", "--no-progress", "--no-plots",
+                 "--out", str(tmp_path / "b")]) == 1     # a failure, in one line
+    err = capsys.readouterr().err
+    assert "error: TypeError:" in err and "colour" in err and "data option" not in err
 
 
 @pytest.mark.parametrize("options, message", [
@@ -233,24 +235,36 @@ def test_help_shows_preset_values_from_the_registry(tiny):
     assert preset_note("loss") == "nyud2/two_gaussians/tiny mse, else l1"
     assert preset_note("step_size") == "nyud2 5"
     assert preset_note("gamma") == ""
-    for f in TrainConfig.__dataclass_fields__.values():   # no data-set values typed into help
-        assert "nyud2" not in f.metadata["help"] and "1e-3" not in f.metadata["help"], f.name
-    text = " ".join(build_parser()._subparsers._group_actions[0].choices["train"]
-                    .format_help().split())
-    assert "SSIR lambda (preset per --data: nyud2 1, else 0.1)" in text
-    assert "tiny: n_major, on_error" in text                # --data-options per data set
-    assert "agedb: the folder with agedb.csv and the images" in text   # --data-root
+    for leaf in LEAVES:   # no data-set values typed into help
+        assert "nyud2" not in leaf.meta["help"] and "1e-3" not in leaf.meta["help"], leaf.flat
+    def text(data):   # the help of `ssir-fast train --data DATA --help`
+        return " ".join(build_parser(data)._subparsers._group_actions[0].choices["train"]
+                        .format_help().split())
+    assert "SSIR lambda (preset per --data: nyud2 1, else 0.1)" in text(None)
+    assert "[tiny] n_major: int = 200, on_error: str = raise" in text("tiny")   # --data-options
+    assert "[default] image_size: int = 32" not in text("default")     # set by --image-size
+    assert "max_angle: int = 90" in text("default")
+    assert "agedb: the folder with agedb.csv and the images" in text("agedb")   # --data-root
 
 
 # ---- sections -------------------------------------------------------------------------------
 
 def test_every_field_is_in_one_of_the_six_sections():
-    assert list(SECTIONS) == ["data", "model", "method", "ssir", "optim", "output"]
-    names = [n for ns in SECTIONS.values() for n in ns]
-    assert sorted(names) == sorted(TrainConfig.__dataclass_fields__)
+    assert list(TrainConfig.__dataclass_fields__) == ["data", "model", "method", "ssir", "optim",
+                                                      "output"]
+    assert [s for s in SECTIONS if "." not in s] == list(TrainConfig.__dataclass_fields__)
+    assert [s for s in SECTIONS if "." in s] == [f"method.{p}" for p in (
+        "focal", "bmse", "lds", "fds", "ranksim", "smogn", "rrt")]
+    names = [f"{s}.{k}" for s, ks in SECTIONS.items() for k in ks]
+    assert sorted(names) == sorted(".".join(leaf.path) for leaf in LEAVES)
+    assert len(FLAT) == len(LEAVES) == 83   # every option has one flat name (its flag)
     assert {"lr", "epochs", "seed"} <= set(SECTIONS["optim"])
-    assert {"lam", "epsilon", "n_steps"} <= set(SECTIONS["ssir"])
+    assert {"lam", "epsilon", "n_steps", "rho"} <= set(SECTIONS["ssir"])
     assert {"out", "many_thr"} <= set(SECTIONS["output"])
+    cfg = TrainConfig.from_flat({"fds_ks": 7, "ssir": True, "data": "agedb"})
+    assert cfg.method.fds.ks == cfg.fds_ks == 7 and cfg.ssir.enabled and cfg.data.name == "agedb"
+    with pytest.raises(AttributeError, match=r"cfg.fds_ks is read-only; set cfg.method.fds.ks"):
+        cfg.fds_ks = 5
 
 
 def test_sectioned_yaml_and_toml_equal_the_flat_form(tmp_path):
@@ -276,9 +290,20 @@ def test_sectioned_yaml_and_toml_equal_the_flat_form(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("optimizer: {lr: 0.1}\n", "unknown section 'optimizer'; the sections are data, model, "
-                               "method, ssir, optim, output"),
-    ("optim: {lrr: 0.1}\n", "unknown option 'lrr' in section [optim]; its options: epochs"),
+    ("optimizer: {lr: 0.1}\n", "unknown section 'optimizer'; closest valid key: 'optim'; the "
+                               "sections are data, model, method, ssir, optim, output"),
+    ("optim: {lrr: 0.1}\n", "unknown option 'lrr' in section [optim]; closest valid key: 'lr'; "
+                             "its options: epochs"),
+    ("method: {fds: {kernal: triang}}\n", "unknown option 'kernal' in section [method.fds]; "
+                                          "closest valid key: 'kernel'"),
+    ("method: {fds_kernal: triang}\n", "unknown option 'fds_kernal' in section [method]; "
+                                       "closest valid key: 'fds_kernel'"),
+    ("fds_kernal: triang\n", "unknown option 'fds_kernal'; closest valid key: 'fds_kernel' "
+                             "(section [method.fds])"),
+    ("method: {lr: 0.1}\n", "option 'lr' belongs in section [optim], not [method]"),
+    ("method: {lds: {ks: 5, lr: 0.1}}\n", "option 'lr' belongs in section [optim], not "
+                                          "[method.lds]"),
+    ("ssir: {ks: 5}\n", "option 'ks' belongs in section [method.lds], not [ssir]"),
     ("optim: {lam: 0.1}\n", "option 'lam' belongs in section [ssir], not [optim]"),
     ("lr: 0.1\noptim: {lr: 0.2}\n", "option 'lr' is given twice"),
     ("optim: 3\n", "section [optim] must be a table of option: value"),
@@ -293,12 +318,12 @@ def test_config_section_errors_name_section_and_key(text, message, tmp_path):
 
 
 def test_config_json_and_its_syntax_errors(tmp_path):
-    cfg = make_config({"data": "nyud2", "data_root": "x", "epsilon": "auto"})
+    cfg = make_config({"data": "nyud2", "data_root": "x", "ssir": True, "epsilon": "auto"})
     path = str(tmp_path / "c.json")
     write_config(cfg, path)
     again = make_config({}, load_config_file(path))
     assert again.to_dict() == cfg.to_dict() and again.many_bins == cfg.many_bins
-    assert sectioned(cfg)["ssir"]["epsilon"] == "auto" and sectioned(cfg)["ssir"]["ssir"] is False
+    assert sectioned(cfg)["ssir"]["epsilon"] == "auto" and sectioned(cfg)["ssir"]["enabled"] is True
     assert sectioned(cfg)["data"]["name"] == "nyud2" and sectioned(cfg)["model"]["name"] == \
         "depthnet"
     bad = tmp_path / "bad.json"
@@ -315,8 +340,10 @@ def test_run_folder_config_reproduces_the_run(tmp_path):
                  "--data-options", "n_major=300", "--out", first]) == 0
     saved = os.path.join(first, "config.json")
     doc = json.load(open(saved))
-    assert list(doc) == list(SECTIONS)
-    assert doc["data"]["data_options"] == {"n_major": 300} and doc["ssir"]["epsilon"] == 0.5
+    assert list(doc) == ["data", "model", "method", "ssir", "optim", "output"]
+    assert doc["method"]["lds"] == {"enabled": False, "kernel": "gaussian", "ks": 5,
+                                    "sigma": 2.0, "int_counts": False}
+    assert doc["data"]["options"] == {"n_major": 300} and doc["ssir"]["epsilon"] == 0.5
     second = str(tmp_path / "second")
     assert main(["train", "--config", saved, "--out", second]) == 0
     a = json.load(open(os.path.join(first, "test_metrics.json")))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 # pandas, scikit-learn and smogn are test extras (pyproject [test]): without one of them the module
-# is skipped with a reason instead of failing the whole run at collection (issue 10 defect 4).
+# is skipped with a reason instead of failing the whole run at collection.
 pd = pytest.importorskip("pandas", exc_type=ImportError, reason="test extra pandas is not installed")
 pytest.importorskip("sklearn", exc_type=ImportError, reason="test extra scikit-learn is not installed")
 pytest.importorskip("smogn", exc_type=ImportError, reason="test extra smogn (the PyPI reference) is not installed")
@@ -177,7 +177,7 @@ def test_bad_input(X, y, kw, match):
 
 
 def test_module_skips_cleanly_without_smogn(tmp_path):
-    # issue 10 defect 4: a missing test extra must skip this module, not abort the test run
+    # a missing test extra must skip this module, not abort the test run
     import os
     import subprocess
     import sys

@@ -154,6 +154,40 @@ def test_compiled_model():
         assert torch.equal(b, v)
 
 
+def test_compiled_model_second_input_shape():
+    # a compiled model recompiles for a new batch size (a partial last batch, a sanity-check
+    # batch): the recompiled backward must not donate the buffers step 1 keeps
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    compiled = torch.compile(model, backend="aot_eager")
+    loss_fn = SSIRLoss(bin_width=1.0, epsilon=1e-2)
+    for n in (32, 20, 7):
+        x, y, z = torch.randn(n, 8), torch.randn(n), torch.rand(n, 1) - 0.5
+        model.zero_grad()
+        loss_fn(compiled, x, y, noise=z).loss.backward()
+        got = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        loss_fn(model, x, y, noise=z).loss.backward()
+        for a, b in zip(got, (p.grad for p in model.parameters())):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_keeps_label_precision():
+    # 301 rounds to 300 in bf16: the loss must see 301 (gradient -1 on the bias), in float32
+    model = nn.Linear(4, 1)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.fill_(300.0)
+    x, y = torch.randn(6, 4), torch.full((6,), 301.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = SSIRLoss(bin_width=1.0, epsilon=0.0, lam=0.0)(model, x, y)
+    assert res.supervised.dtype == torch.float32
+    assert res.supervised.item() == 1.0
+    res.loss.backward()
+    assert model.bias.grad.item() == -1.0
+
+
 def test_clean_target_option():
     model = mlp(torch.float32)
     x, y = torch.randn(8, 6), torch.randn(8)
@@ -197,7 +231,7 @@ def test_bad_call_arguments():
         loss_fn(lambda t: t.float().sum(1), torch.ones(4, 6, dtype=torch.long), torch.zeros(4))
 
 
-# ---- ablations, auto-epsilon, fast modes (issue 12) ----------------------------------------
+# ---- ablations, auto-epsilon, fast modes ---------------------------------------------------
 
 def test_epsilon_zero_is_the_noise_only_ablation():
     # x~ = x: the consistency term is D(f(x), f(x) + z) = mean |z|, and the diagnostics are 0.
@@ -403,7 +437,7 @@ def test_train_cli_flags_reach_the_loss_and_log_diagnostics(flags, expect, tmp_p
 
     def setup(self):
         real_setup(self)
-        seen["loss"], seen["counts"] = self.ssir, self.train_counts
+        seen["loss"], seen["counts"] = self.losses.ssir, self.data.train_counts
     monkeypatch.setattr(T.Trainer, "setup", setup)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -431,14 +465,14 @@ def test_train_cli_flags_reach_the_loss_and_log_diagnostics(flags, expect, tmp_p
 def test_train_cli_rejects_bad_ssir_flags(capsys):
     from ssir_fast.cli import main
     for flags, words in [(["--ssir-rho", "2"], "--ssir-rho must be in"),
-                         (["--ssir-subset", "0"], "--ssir-subset must be in"),
-                         (["--ssir-eps-max", "-1"], "--ssir-eps-max must be > 0"),
-                         (["--epsilon", "-1"], "--epsilon must be >= 0")]:
+                         (["--ssir-subset", "0"], "--ssir-subset must be finite and > 0"),
+                         (["--ssir-eps-max", "-1"], "--ssir-eps-max must be finite and > 0"),
+                         (["--epsilon", "-1"], "--epsilon must be finite and >= 0")]:
         assert main(["train", "--data", "two_gaussians", "--ssir", *flags]) == 2
         assert words in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--data", "two_gaussians", "--ssir", "--epsilon", "large"])
-    assert "expected a float or 'auto', got 'large'" in capsys.readouterr().err
+    assert "--epsilon: expected a number or 'auto', got 'large'" in capsys.readouterr().err
 
 
 def test_subset_passes_normalise_with_the_whole_batch_statistics():
@@ -470,3 +504,15 @@ def test_subset_passes_normalise_with_the_whole_batch_statistics():
     once(x)
     for (name, a), (_, b) in zip(model.named_buffers(), once.named_buffers()):
         assert torch.equal(a, b), name
+
+
+def test_donated_buffer_error_names_the_fix(monkeypatch):
+    # a backward compiled elsewhere with donated buffers cannot keep its graph: the message says
+    # what to set instead of torch's internal one alone
+    import ssir_fast.ssir as ssir_module
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("This backward function was compiled with non-empty donated buffers")
+    monkeypatch.setattr(ssir_module.torch.autograd, "grad", refuse)
+    with pytest.raises(RuntimeError, match="donated_buffer = False"):
+        SSIRLoss()(nn.Linear(3, 1), torch.randn(4, 3), torch.randn(4))

@@ -60,7 +60,7 @@ def test_host_reads_per_epoch_not_per_step(root, tmp_path, monkeypatch, ssir):
     counts = {}
     for bs in (10, 4):                                  # 2 and 5 steps per epoch
         t = trainer(root, tmp_path / f"b{bs}", bs, **extra)
-        assert len(t.train_loader) == (2 if bs == 10 else 5)
+        assert len(t.data.train_loader) == (2 if bs == 10 else 5)
         reads = HostReads(monkeypatch)
         rec = t.train_epoch(0)
         train_reads = reads.n
@@ -80,6 +80,36 @@ def test_evaluate_reports_nan_predictions_once(root, tmp_path):
     with pytest.raises(ValueError, match=r"evaluation on val: the model predicted NaN or inf "
                                          r"for 6 target\(s\)"):
         t.evaluate("val")
+
+
+class _Batches(list):
+    def set_epoch(self, epoch):
+        pass
+
+
+@pytest.mark.parametrize("was_training", [True, False])
+def test_evaluate_restores_the_mode_when_a_batch_raises(was_training):
+    from ssir_fast.imbalance import LabelBins
+    from ssir_fast.train.evaluation import evaluate
+
+    class Fails(torch.nn.Linear):
+        calls = 0
+
+        def forward(self, x):
+            assert not self.training            # evaluated in eval mode
+            Fails.calls += 1
+            if Fails.calls == 2:
+                raise RuntimeError("bad batch")
+            return super().forward(x).squeeze(1)
+
+    model = Fails(3, 1).train(was_training)
+    batches = _Batches((torch.randn(4, 3), torch.rand(4) * 5, torch.ones(4)) for _ in range(3))
+    with pytest.raises(RuntimeError, match="bad batch"):
+        evaluate(model, batches, LabelBins(0.0, 1.0, 5))
+    assert model.training is was_training and Fails.calls == 2
+    Fails.calls = 10                            # a pass without failure restores it too
+    evaluate(model, batches, LabelBins(0.0, 1.0, 5))
+    assert model.training is was_training
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -155,8 +185,60 @@ def test_compile_with_ssir_scopes_the_donated_buffer_setting_to_the_step(root, t
     import torch._functorch.config as functorch_config
     t = trainer(root, tmp_path, 4, ssir=True)
     before = functorch_config.donated_buffer
-    t.step = type(t.step)(t.model, t.forward_model, t.losses.base, t.opt, t.precision, t.env,
-                          ssir=t.ssir, compiled=True)
+    t.step = type(t.step)(t.model, t.forward_model, t.losses.base, t.opt, t.runtime.precision,
+                          t.runtime.env, ssir=t.losses.ssir, compiled=True)
     with t.step._compile_scope():
         assert functorch_config.donated_buffer is False
     assert functorch_config.donated_buffer == before
+
+
+def test_ssir_step_forms_no_input_gradient_in_the_final_backward():
+    """The clean pass's input is a leaf that requires grad (step 1 differentiates w.r.t. it); the
+    step's backward forms the parameters' gradients only, not a last input gradient nobody reads.
+    A function at the model's input counts its backward calls: steps 1 and 2 need one each
+    (autograd.grad), the final backward none. Gradients equal a plain backward's."""
+    from ssir_fast import SSIRLoss, losses
+    from ssir_fast.train import distributed as dist_env
+    from ssir_fast.train.precision import choose_precision
+    from ssir_fast.train.step import TrainStep
+
+    calls = []
+
+    class Count(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            calls.append(1)
+            return g
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 1)
+
+        def forward(self, x, labels=None, epoch=None, features=False):
+            return self.lin(Count.apply(x))
+
+    torch.manual_seed(0)
+    x, y, w = torch.randn(8, 3), torch.randn(8), torch.ones(8)
+    grads = []
+    for plain in (False, True):
+        net = Net()
+        torch.manual_seed(1)
+        net.lin.reset_parameters()
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        prec = choose_precision(torch.device("cpu"), False, "auto", None)
+        ssir = SSIRLoss(bin_width=1.0, epsilon=0.1, lam=1.0)
+        step = TrainStep(net, net, losses.weighted_l1, opt, prec, dist_env.setup("cpu"), ssir=ssir)
+        if plain:
+            step._trained = lambda: None   # torch's default: every leaf's gradient
+        calls.clear()
+        torch.manual_seed(2)
+        step(x, y, w, 0)
+        grads.append([p.grad.clone() for p in net.parameters()])
+        assert len(calls) == (3 if plain else 2), calls
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

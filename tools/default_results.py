@@ -46,7 +46,8 @@ def main(argv=None):
         summary = os.path.join(out, "test_metrics.json")
         if not os.path.isfile(summary):
             cmd = [sys.executable, "-m", "ssir_fast.cli", "train", *flags, "--seed", str(seed),
-                   "--out", out, "--no-progress", *a.extra]
+                   "--out", out, "--overwrite",   # an unfinished run: trained again
+                   "--no-progress", *a.extra]
             print("$", " ".join(cmd[1:]), flush=True)
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True)

@@ -25,7 +25,8 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(csrc/cuda/*.cu csrc/cuda/*.cpp)
-common=(-std=c++20 -O3 -Icsrc $inc -I"$CUDA_HOME/include" -DSSIR_FAST_WITH_CUDA -D_GLIBCXX_USE_CXX11_ABI=$abi)
+common=(-std=c++20 -O3 -Icsrc $inc -I"$CUDA_HOME/include" -DSSIR_FAST_WITH_CUDA -D_GLIBCXX_USE_CXX11_ABI=$abi
+        -DTORCH_TARGET_VERSION=0x020a000000000000 -DUSE_CUDA)  # the stable-ABI target (setup.py)
 for f in "${files[@]}"; do
   case "$f" in
     *.cu)

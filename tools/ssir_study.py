@@ -1,4 +1,4 @@
-"""The SSIR study (issue 12): does the perturbation help, and what do the fast modes cost in accuracy?
+"""The SSIR study: does the perturbation help, and what do the fast modes cost in accuracy?
 
     python tools/ssir_study.py --out runs/ssir_study            # run (incremental) + tables
     python tools/ssir_study.py --out runs/ssir_study --report   # tables from finished runs only
@@ -93,6 +93,7 @@ def run_one(data, method, seed, out):
     if data in TABULAR:
         values["data_root"] = write_tabular(data, os.path.join(out, "data"))
     values.update(METHODS[method], seed=seed, progress=False, plots=False, threads=1,
+                  overwrite=True,   # a point left unfinished is trained again
                   out=os.path.join(out, "runs", data, method.replace(" ", "").replace("+", "_")
                                    + f"-s{seed}"))
     cfg = make_config(values)

@@ -1,18 +1,14 @@
 // CPU kernel of ssir_fast::bin_reduce: one pass over (pred, target[, mask]) filling a
 // [num_bins, 12] float64 table of per-bin sums and counts (columns in bin_reduce_common.h).
 //
-// The flat input is split by at::parallel_for into contiguous ranges; each thread accumulates into
-// its own partial table (no sharing, no atomics) and the partials are summed at the end, so the
-// result is deterministic for a fixed thread count. Per-element math is fp32 for fp32/fp16/bf16
+// The flat input is split into one contiguous range per thread (at least kGrain pairs each); each
+// range accumulates into its own partial table (no sharing, no atomics) and the partials are
+// summed at the end, in range order, so the result is deterministic for a fixed thread count. Per-element math is fp32 for fp32/fp16/bf16
 // (fp64 for fp64), the log of SUM_LOG_ABS and the bin index in fp64 (bin_reduce_common.h), and
 // every sum is accumulated in float64. Consecutive pairs that fall in the same
 // bin (depth maps: neighbouring pixels) are summed in registers and written to the table once per
 // run, which keeps the store->load chain on one table row out of the inner loop.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -103,41 +99,43 @@ void reduce_range(const scalar_t* pred, const scalar_t* target, const bool* mask
 }
 
 template <typename scalar_t>
-void reduce_all(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& mask,
-                const Params& P, at::Tensor& out) {
+void reduce_all(const Tensor& pred, const Tensor& target, const Tensor& mask, const Params& P,
+                Tensor& out) {
   const int64_t n = pred.numel();
   const int64_t width = P.num_bins * kCols;
-  const scalar_t* pp = pred.const_data_ptr<scalar_t>();
-  const scalar_t* tp = target.const_data_ptr<scalar_t>();
+  const scalar_t* pp = static_cast<const scalar_t*>(pred.const_data_ptr());
+  const scalar_t* tp = static_cast<const scalar_t*>(target.const_data_ptr());
   const bool* mp = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
-  const int nt = at::get_num_threads();
-  // One partial table per thread; parallel_for may hand a thread several ranges, all added to
-  // its own table.
-  std::vector<double> partial(static_cast<size_t>(nt) * width, 0.0);
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    double* table = partial.data() + static_cast<int64_t>(at::get_thread_num()) * width;
-    reduce_range<scalar_t>(pp, tp, mp, begin, end, P, table);
-  });
+  const int64_t nt = std::max<int64_t>(1, torch::stable::get_num_threads());
+  const int64_t ranges = std::max<int64_t>(1, std::min(nt, (n + kGrain - 1) / kGrain));
+  const int64_t per = (n + ranges - 1) / ranges;
+  // One partial table per range; the first range writes straight into the output.
+  std::vector<double> partial(static_cast<size_t>(ranges - 1) * width, 0.0);
   double* op = out.mutable_data_ptr<double>();
-  for (int t = 0; t < nt; ++t) {
-    const double* src = partial.data() + static_cast<int64_t>(t) * width;
+  torch::stable::parallel_for(0, ranges, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      double* table = r == 0 ? op : partial.data() + (r - 1) * width;
+      reduce_range<scalar_t>(pp, tp, mp, r * per, std::min(n, (r + 1) * per), P, table);
+    }
+  });
+  for (int64_t r = 1; r < ranges; ++r) {
+    const double* src = partial.data() + (r - 1) * width;
     for (int64_t j = 0; j < width; ++j) op[j] += src[j];
   }
 }
 
 }  // namespace
 
-at::Tensor bin_reduce_cpu(const at::Tensor& pred, const at::Tensor& target, double y_min,
-                          double bin_width, int64_t num_bins, const std::optional<at::Tensor>& mask,
-                          double floor, bool allow_nonfinite) {
+Tensor bin_reduce_cpu(const Tensor& pred, const Tensor& target, double y_min, double bin_width,
+                      int64_t num_bins, OptTensor mask, double floor, bool allow_nonfinite) {
   check_args(pred, target, y_min, bin_width, num_bins, mask, floor);
   const Params P{y_min, bin_width, num_bins, floor};
   // Flat contiguous views: no copy for contiguous inputs (dense maps are just flattened).
-  at::Tensor pc = pred.contiguous(), tc = target.contiguous();
-  at::Tensor mc = (mask.has_value() && mask->defined()) ? mask->contiguous() : at::Tensor();
-  at::Tensor out = at::zeros({num_bins, kCols}, pred.options().dtype(at::kDouble));
+  Tensor pc = contig(pred), tc = contig(target);
+  Tensor mc = (mask.has_value() && mask->defined()) ? contig(*mask) : Tensor();
+  Tensor out = zeros(pred, {num_bins, kCols}, ScalarType::Double);
   if (pred.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pc.scalar_type(), "bin_reduce_cpu", [&] {
+    SSIR_DISPATCH_FLOATS(pc.scalar_type(), "bin_reduce", [&] {
       reduce_all<scalar_t>(pc, tc, mc, P, out);
     });
   }
@@ -147,6 +145,6 @@ at::Tensor bin_reduce_cpu(const at::Tensor& pred, const at::Tensor& target, doub
 
 }  // namespace ssir_fast
 
-TORCH_LIBRARY_IMPL(ssir_fast, CPU, m) {
-  m.impl("bin_reduce", &ssir_fast::bin_reduce_cpu);
+STABLE_TORCH_LIBRARY_IMPL(ssir_fast, CPU, m) {
+  m.impl("bin_reduce", TORCH_BOX(&ssir_fast::bin_reduce_cpu));
 }

@@ -6,11 +6,6 @@
 // reads each feature row once and writes it once: out = z * scale[b] + shift[b]. Rows are
 // distributed over threads; the inner loop over C is branch-free and vectorises. Samples whose
 // bin is outside [0, B) are copied unchanged.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <cmath>
 
@@ -27,7 +22,7 @@ template <typename acc_t, typename stat_t>
 void coefficients(const stat_t* mean, const stat_t* var, const stat_t* smean, const stat_t* svar,
                   int64_t B, int64_t C, double lo, double hi, acc_t* scale, acc_t* shift) {
   const int64_t grain = std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(C, 1));
-  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t row = b * C;
       double var_sum = 0;
@@ -50,13 +45,13 @@ void coefficients(const stat_t* mean, const stat_t* var, const stat_t* smean, co
 }
 
 template <typename scalar_t, typename acc_t>
-void calibrate_rows(const at::Tensor& f, const int64_t* idx, int64_t B, const acc_t* scale,
-                    const acc_t* shift, at::Tensor& out) {
+void calibrate_rows(const Tensor& f, const int64_t* idx, int64_t B, const acc_t* scale,
+                    const acc_t* shift, Tensor& out) {
   const int64_t N = f.size(0), C = f.size(1);
-  const scalar_t* fp = f.const_data_ptr<scalar_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  const scalar_t* fp = static_cast<const scalar_t*>(f.const_data_ptr());
+  scalar_t* op = static_cast<scalar_t*>(out.mutable_data_ptr());
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const int64_t b = idx[n];
       const scalar_t* z = fp + n * C;
@@ -75,51 +70,46 @@ void calibrate_rows(const at::Tensor& f, const int64_t* idx, int64_t B, const ac
 
 }  // namespace
 
-at::Tensor fds_calibrate_cpu(const at::Tensor& features, const at::Tensor& bin_index,
-                             const at::Tensor& mean, const at::Tensor& var,
-                             const at::Tensor& smoothed_mean, const at::Tensor& smoothed_var,
-                             double lo, double hi) {
+Tensor fds_calibrate_cpu(const Tensor& features, const Tensor& bin_index, const Tensor& mean,
+                         const Tensor& var, const Tensor& smoothed_mean,
+                         const Tensor& smoothed_var, double lo, double hi) {
   check_calibrate_args(features, bin_index, mean, var, smoothed_mean, smoothed_var, lo, hi);
-  at::Tensor f = features.contiguous();
-  at::Tensor idx = bin_index.contiguous();
-  at::Tensor out = at::empty_like(f, at::MemoryFormat::Contiguous);
+  Tensor f = contig(features);
+  Tensor idx = contig(bin_index);
+  Tensor out = torch::stable::empty_like(f);
   if (f.numel() == 0) return out;
-  const int64_t B = mean.size(0);
-  const auto acc = stats_dtype(f);
-  at::Tensor scale = at::empty(mean.sizes(), mean.options().dtype(acc));
-  at::Tensor shift = at::empty(mean.sizes(), mean.options().dtype(acc));
+  const int64_t B = mean.size(0), C = mean.size(1);
+  const ScalarType acc = stats_dtype(f);
+  Tensor scale = empty(f, {B, C}, acc);
+  Tensor shift = empty(f, {B, C}, acc);
   // The four statistics share one dtype (float32 or float64); promote if they do not.
-  const bool same = var.scalar_type() == mean.scalar_type() &&
-                    smoothed_mean.scalar_type() == mean.scalar_type() &&
-                    smoothed_var.scalar_type() == mean.scalar_type();
-  const auto st = same ? mean.scalar_type() : at::kDouble;
-  at::Tensor m = mean.to(st).contiguous(), v = var.to(st).contiguous();
-  at::Tensor sm = smoothed_mean.to(st).contiguous(), sv = smoothed_var.to(st).contiguous();
-  AT_DISPATCH_FLOATING_TYPES(st, "fds_calibrate_coefficients", [&] {
-    using stat_t = scalar_t;
-    if (acc == at::kDouble) {
-      coefficients<double, stat_t>(m.const_data_ptr<stat_t>(), v.const_data_ptr<stat_t>(),
-                                   sm.const_data_ptr<stat_t>(), sv.const_data_ptr<stat_t>(),
-                                   B, m.size(1), lo, hi, scale.mutable_data_ptr<double>(),
+  const Stats st = common_stats(mean, var, smoothed_mean, smoothed_var);
+  auto coeffs = [&](auto stat_zero) {
+    using stat_t = decltype(stat_zero);
+    const stat_t* m = static_cast<const stat_t*>(st.mean.const_data_ptr());
+    const stat_t* v = static_cast<const stat_t*>(st.var.const_data_ptr());
+    const stat_t* sm = static_cast<const stat_t*>(st.smean.const_data_ptr());
+    const stat_t* sv = static_cast<const stat_t*>(st.svar.const_data_ptr());
+    if (acc == ScalarType::Double) {
+      coefficients<double, stat_t>(m, v, sm, sv, B, C, lo, hi, scale.mutable_data_ptr<double>(),
                                    shift.mutable_data_ptr<double>());
     } else {
-      coefficients<float, stat_t>(m.const_data_ptr<stat_t>(), v.const_data_ptr<stat_t>(),
-                                  sm.const_data_ptr<stat_t>(), sv.const_data_ptr<stat_t>(),
-                                  B, m.size(1), lo, hi, scale.mutable_data_ptr<float>(),
+      coefficients<float, stat_t>(m, v, sm, sv, B, C, lo, hi, scale.mutable_data_ptr<float>(),
                                   shift.mutable_data_ptr<float>());
     }
-  });
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "fds_calibrate_cpu", [&] {
+  };
+  if (st.dtype == ScalarType::Double) coeffs(0.0); else coeffs(0.0f);
+  SSIR_DISPATCH_FLOATS(f.scalar_type(), "fds_calibrate", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     calibrate_rows<scalar_t, acc_t>(f, idx.const_data_ptr<int64_t>(), B,
-                                    scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(),
-                                    out);
+                                    static_cast<const acc_t*>(scale.const_data_ptr()),
+                                    static_cast<const acc_t*>(shift.const_data_ptr()), out);
   });
   return out;
 }
 
 }  // namespace ssir_fast
 
-TORCH_LIBRARY_IMPL(ssir_fast, CPU, m) {
-  m.impl("fds_calibrate", &ssir_fast::fds_calibrate_cpu);
+STABLE_TORCH_LIBRARY_IMPL(ssir_fast, CPU, m) {
+  m.impl("fds_calibrate", TORCH_BOX(&ssir_fast::fds_calibrate_cpu));
 }

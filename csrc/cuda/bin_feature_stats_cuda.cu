@@ -1,11 +1,13 @@
 // CUDA kernels of ssir_fast::bin_feature_stats: per-bin count, mean and unbiased variance of
 // features [N, C]; deterministic (no atomics) and balanced on skewed bins.
 //
-//  0. Samples are ordered by bin with a stable sort (ignored indices get key B and sort last);
-//     counts and bin offsets come from a histogram and a cumulative sum. Each bin's run of rows is
-//     cut into segments of at most kSegRows rows; segment s belongs to the bin found by a binary
-//     search in the cumulative segment counts, so no host synchronisation is needed (the grid is
-//     sized for the upper bound ceil(N / kSegRows) + B segments; spare blocks exit).
+//  0. (cuda_ops.cpp) Samples are ordered by bin with a stable sort (ignored indices get key B and
+//     sort last); counts and bin offsets come from a histogram and a cumulative sum. Each bin's
+//     run of rows is cut into segments of at most kSegRows rows; segment s belongs to the bin
+//     found by a binary search in the cumulative segment counts, so no host synchronisation is
+//     needed (the grid is sized for the upper bound ceil(N / kSegRows) + min(B, N) segments:
+//     only a bin that holds a sample has a partial segment, so the scratch is bounded by the
+//     bins present, not by num_bins; spare blocks exit).
 //  1. segment_partials: grid (segments, column blocks). Thread t of a block owns column
 //     c = blockIdx.y * blockDim.x + t and walks the segment's rows: the warp reads consecutive
 //     columns of one row (coalesced). It accumulates float64 sums of d = x - shift and d^2 with
@@ -13,11 +15,6 @@
 //  2. merge_segments: grid (B, column blocks). Thread per column merges its bin's segment
 //     partials in order with Chan's formula and writes mean and var (M2 / (n - 1)).
 // Features are read exactly once.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-
 #include "cuda_utils.cuh"
 #include "launchers.h"
 
@@ -25,7 +22,7 @@ namespace ssir_fast {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int64_t kSegRows = 128;
+constexpr int64_t kSegRows = cuda::kStatsSegRows;
 
 // Bin of segment s: the last b with seg_start[b] <= s (seg_start is exclusive-scanned, length B+1).
 __device__ __forceinline__ int64_t segment_bin(const int64_t* seg_start, int64_t B, int64_t s) {
@@ -59,7 +56,8 @@ __global__ void segment_partials_kernel(const T* __restrict__ f, const int64_t* 
   }
   const double n = static_cast<double>(r1 - r0);
   pmean[s * C + c] = shift + a1 / n;
-  pm2[s * C + c] = fmax(a2 - a1 * a1 / n, 0.0);
+  // max_keep_nan: inf - inf stays NaN as on the CPU (fmax would turn it into 0).
+  pm2[s * C + c] = cuda::max_keep_nan(a2 - a1 * a1 / n, 0.0);
 }
 
 template <typename out_t>
@@ -88,57 +86,77 @@ __global__ void merge_segments_kernel(const double* __restrict__ pmean,
   var[b * C + c] = static_cast<out_t>(dof > 0 ? m2 / dof : 0.0);
 }
 
+// key[n] = bin_index[n], or B when outside [0, B) (sorts last); count[b] += 1 (integer atomics:
+// exact and deterministic).
+__global__ void keys_counts_kernel(const int64_t* __restrict__ idx, int64_t N, int64_t B,
+                                   int64_t* __restrict__ key, unsigned long long* __restrict__ count) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  const int64_t b = idx[n];
+  const bool ok = b >= 0 && b < B;
+  key[n] = ok ? b : B;
+  if (ok) atomicAdd(count + b, 1ull);
+}
+
+// The inputs of the two inclusive scans (cuda_ops.cpp): rows[b + 1] = count[b] and
+// segs[b + 1] = ceil(count[b] / kSegRows), with rows[0] = segs[0] = 0.
+__global__ void scan_inputs_kernel(const int64_t* __restrict__ count, int64_t B,
+                                   int64_t* __restrict__ rows, int64_t* __restrict__ segs) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b > B) return;
+  const int64_t c = b == 0 ? 0 : count[b - 1];
+  rows[b] = c;
+  segs[b] = (c + kSegRows - 1) / kSegRows;
+}
+
 }  // namespace
 
 namespace cuda {
 
-void bin_feature_stats_launch(const at::Tensor& f, const at::Tensor& idx, int64_t num_bins,
-                              bool unbiased, at::Tensor& count_out, at::Tensor& mean,
-                              at::Tensor& var) {
-  const int64_t N = f.size(0), C = f.size(1), B = num_bins;
-  const auto acc = mean.scalar_type();
-  // Ignored samples get key B: they sort last and fall outside every bin's run.
-  at::Tensor key = at::where((idx >= 0) & (idx < B), idx, at::full({}, B, idx.options()));
-  at::Tensor count = at::zeros({B + 1}, idx.options()).index_add_(0, key, at::ones_like(key))
-                         .narrow(0, 0, B).contiguous();
-  count_out.copy_(count);
+void bin_feature_stats_prep_launch(const int64_t* idx, int64_t N, int64_t B, int64_t* key,
+                                   int64_t* count, int64_t* rows, int64_t* segs, void* stream_ptr) {
+  const auto stream = static_cast<cudaStream_t>(stream_ptr);
+  check_limit((N + kThreads - 1) / kThreads < (int64_t(1) << 31) &&
+              (B + kThreads) / kThreads < (int64_t(1) << 31), "bin_feature_stats (CUDA): too large");
+  if (N > 0) {
+    keys_counts_kernel<<<static_cast<unsigned>((N + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+        idx, N, B, key, reinterpret_cast<unsigned long long*>(count));
+    check_launch("bin_feature_stats");
+  }
+  scan_inputs_kernel<<<static_cast<unsigned>((B + kThreads) / kThreads), kThreads, 0, stream>>>(
+      count, B, rows, segs);
+  check_launch("bin_feature_stats");
+}
+
+void bin_feature_stats_launch(const void* features, DType dtype, int64_t N, int64_t C, int64_t B,
+                              const int64_t* order, const int64_t* bin_start, const int64_t* count,
+                              const int64_t* seg_start, int64_t max_segs, double* pmean,
+                              double* pm2, bool unbiased, bool stats_double, void* mean, void* var,
+                              void* stream_ptr) {
   if (N == 0 || C == 0) return;
-  at::Tensor order = std::get<1>(at::sort(key, /*stable=*/true, /*dim=*/0, /*descending=*/false))
-                         .contiguous();
-  at::Tensor bin_start = (at::cumsum(count, 0) - count).contiguous();
-  at::Tensor nseg = at::floor_divide(count + (kSegRows - 1), kSegRows);
-  at::Tensor seg_start = at::cat({at::zeros({1}, idx.options()), at::cumsum(nseg, 0)}).contiguous();
-  const int64_t max_segs = (N + kSegRows - 1) / kSegRows + B;
-  TORCH_CHECK(max_segs < (int64_t(1) << 31), "bin_feature_stats (CUDA): too many rows");
-  at::Tensor pmean = at::empty({max_segs, C}, f.options().dtype(at::kDouble));
-  at::Tensor pm2 = at::empty({max_segs, C}, f.options().dtype(at::kDouble));
+  const auto stream = static_cast<cudaStream_t>(stream_ptr);
   const int64_t col_blocks = (C + kThreads - 1) / kThreads;
-  TORCH_CHECK(col_blocks < 65536 && B < (int64_t(1) << 31),
+  check_limit(max_segs < (int64_t(1) << 31), "bin_feature_stats (CUDA): too many rows");
+  check_limit(col_blocks < 65536 && B < (int64_t(1) << 31),
               "bin_feature_stats (CUDA): features has too many columns");
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(),
-                                  "bin_feature_stats_cuda", [&] {
+  SSIR_CUDA_DISPATCH(dtype, [&] {
     segment_partials_kernel<scalar_t>
         <<<dim3(static_cast<unsigned>(max_segs), static_cast<unsigned>(col_blocks)), kThreads, 0,
-           stream>>>(f.const_data_ptr<scalar_t>(), order.const_data_ptr<int64_t>(),
-                     bin_start.const_data_ptr<int64_t>(), count.const_data_ptr<int64_t>(),
-                     seg_start.const_data_ptr<int64_t>(), B, C, pmean.mutable_data_ptr<double>(),
-                     pm2.mutable_data_ptr<double>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+           stream>>>(static_cast<const scalar_t*>(features), order, bin_start, count, seg_start,
+                     B, C, pmean, pm2);
   });
+  check_launch("bin_feature_stats");
   const dim3 grid(static_cast<unsigned>(B), static_cast<unsigned>(col_blocks));
-  if (acc == at::kDouble) {
+  if (stats_double) {
     merge_segments_kernel<double><<<grid, kThreads, 0, stream>>>(
-        pmean.const_data_ptr<double>(), pm2.const_data_ptr<double>(), count.const_data_ptr<int64_t>(),
-        seg_start.const_data_ptr<int64_t>(), C, unbiased, mean.mutable_data_ptr<double>(),
-        var.mutable_data_ptr<double>());
+        pmean, pm2, count, seg_start, C, unbiased, static_cast<double*>(mean),
+        static_cast<double*>(var));
   } else {
     merge_segments_kernel<float><<<grid, kThreads, 0, stream>>>(
-        pmean.const_data_ptr<double>(), pm2.const_data_ptr<double>(), count.const_data_ptr<int64_t>(),
-        seg_start.const_data_ptr<int64_t>(), C, unbiased, mean.mutable_data_ptr<float>(),
-        var.mutable_data_ptr<float>());
+        pmean, pm2, count, seg_start, C, unbiased, static_cast<float*>(mean),
+        static_cast<float*>(var));
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_launch("bin_feature_stats");
 }
 
 }  // namespace cuda

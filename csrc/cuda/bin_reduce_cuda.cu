@@ -11,11 +11,6 @@
 // last bits of the sums may differ between runs (counts are exact); the CPU kernel is
 // deterministic. When the shared table does not fit (num_bins > ~3000 on an H100) the runs go
 // straight to global float64 atomics instead.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-
 #include <algorithm>
 
 #include "cuda_utils.cuh"
@@ -247,32 +242,30 @@ bin_reduce_kernel(const T* __restrict__ pred, const T* __restrict__ target,
 }
 
 template <typename T>
-void launch(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& mask,
-            const Params& P, at::Tensor& out) {
+void launch(const void* pred, const void* target, const bool* mp, int64_t n, const Params& P,
+            double* op, int device, cudaStream_t stream) {
   using acc_t = typename cuda::AccType<T>::type;
-  const int64_t n = pred.numel();
   // Table offsets b * kCols are int in the kernel.
-  TORCH_CHECK(P.num_bins < (int64_t(1) << 27), "bin_reduce (CUDA): num_bins must be < 2^27, got ",
-              P.num_bins);
+  cuda::check_limit(P.num_bins < (int64_t(1) << 27), "bin_reduce (CUDA): num_bins must be < 2^27");
   const DevParams dp{BinIndexer::make(P), P.floor,
                      ::log(static_cast<double>(static_cast<acc_t>(P.floor))),
                      static_cast<int>(P.num_bins)};
-  const T* pp = pred.const_data_ptr<T>();
-  const T* tp = target.const_data_ptr<T>();
-  const bool* mp = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
-  double* op = out.mutable_data_ptr<double>();
+  const T* pp = static_cast<const T*>(pred);
+  const T* tp = static_cast<const T*>(target);
   const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
   // Vector loads need 16-byte aligned pred/target and an 8-byte aligned mask (each thread's
   // kPer pairs start at a multiple of kPer elements).
   const bool vec = addr(pp) % 16 == 0 && addr(tp) % 16 == 0 && (mp == nullptr || addr(mp) % 8 == 0) &&
                    (kPer * sizeof(T)) % 16 == 0;
 
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  int sm_count = 0, smem_optin = 0;
+  cuda::check(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device), "bin_reduce");
+  cuda::check(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+              "bin_reduce");
   const int64_t tiles = (n + int64_t(kThreads) * kPer - 1) / (int64_t(kThreads) * kPer);
   const size_t smem = static_cast<size_t>(P.num_bins) * (kNumSums * sizeof(double) +
                                                          kNumCounts * sizeof(unsigned));
-  const bool shared = smem <= prop->sharedMemPerBlockOptin;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const bool shared = smem <= static_cast<size_t>(smem_optin);
 
   // As many blocks as fit on the GPU at once (occupancy for this table size), so that every SM
   // keeps enough loads in flight; each block then strides over the tiles, and its shared table
@@ -283,16 +276,16 @@ void launch(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& 
     auto kernel = bin_reduce_kernel<T, MASK, SHARED>;                                          \
     const size_t bytes = SHARED ? smem : 0;                                                    \
     if (bytes > 48 * 1024) {                                                                   \
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, \
-                                          static_cast<int>(bytes)));                          \
+      cuda::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,    \
+                                       static_cast<int>(bytes)), "bin_reduce");                \
     }                                                                                          \
     int per_sm = 0;                                                                            \
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,    \
-                                                                 bytes));                      \
-    const int64_t resident = int64_t(prop->multiProcessorCount) * std::max(per_sm, 1);        \
+    cuda::check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,       \
+                                                              bytes), "bin_reduce");           \
+    const int64_t resident = int64_t(sm_count) * std::max(per_sm, 1);                         \
     const int64_t blocks = std::max<int64_t>(1, std::min(tiles, resident));                   \
-    TORCH_CHECK((tiles + blocks - 1) / blocks * kThreads * kPer < (int64_t(1) << 32),          \
-                "bin_reduce (CUDA): input too large for uint32 block counts, got ", n, " pairs"); \
+    cuda::check_limit((tiles + blocks - 1) / blocks * kThreads * kPer < (int64_t(1) << 32),    \
+                      "bin_reduce (CUDA): input too large for uint32 block counts");          \
     kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, stream>>>(pp, tp, mp, n, dp, op, vec); \
   } while (0)
   if (mp != nullptr) {
@@ -301,17 +294,19 @@ void launch(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& 
     if (shared) SSIR_BR_LAUNCH(false, true); else SSIR_BR_LAUNCH(false, false);
   }
 #undef SSIR_BR_LAUNCH
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::check_launch("bin_reduce");
 }
 
 }  // namespace
 
 namespace cuda {
 
-void bin_reduce_launch(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& mask,
-                       const Params& params, at::Tensor& table) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "bin_reduce_cuda", [&] {
-    launch<scalar_t>(pred, target, mask, params, table);
+void bin_reduce_launch(const void* pred, const void* target, const bool* mask, int64_t n,
+                       DType dtype, const bin_reduce::Params& params, double* table, int device,
+                       void* stream) {
+  SSIR_CUDA_DISPATCH(dtype, [&] {
+    launch<scalar_t>(pred, target, mask, n, params, table, device,
+                     static_cast<cudaStream_t>(stream));
   });
 }
 

@@ -1,10 +1,15 @@
-// Shared CUDA helpers: fp32 math on any storage type, aligned vectors, block reductions.
+// Shared CUDA helpers: fp32 math on any storage type, aligned vectors, block reductions, error
+// checks, the dtype switch of the launchers, NaN-keeping min/max.
 #pragma once
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <cuda_runtime.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "launchers.h"
 
 namespace ssir_fast {
 namespace cuda {
@@ -56,5 +61,36 @@ __device__ __forceinline__ int64_t head_to_alignment(const T* p) {
   return mis == 0 ? 0 : kVec - mis;
 }
 
+// max(v, lo) and min(v, hi) that keep a NaN v (fmaxf/fminf return the non-NaN operand, which
+// would turn a NaN input or gradient into a clip bound): NaN fails every comparison.
+template <typename T>
+__device__ __forceinline__ T max_keep_nan(T v, T lo) { return v < lo ? lo : v; }
+template <typename T>
+__device__ __forceinline__ T min_keep_nan(T v, T hi) { return v > hi ? hi : v; }
+
+inline void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("ssir_fast CUDA error in ") + what + ": " +
+                             cudaGetErrorString(err));
+  }
+}
+
+inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+inline void check_limit(bool ok, const char* what) {
+  if (!ok) throw std::runtime_error(what);
+}
+
 }  // namespace cuda
 }  // namespace ssir_fast
+
+// Calls the body with `scalar_t` bound to the C++ type of a cuda::DType.
+#define SSIR_CUDA_DISPATCH(dtype, ...)                                               \
+  [&] {                                                                              \
+    switch (dtype) {                                                                 \
+      case ::ssir_fast::cuda::DType::kFloat: { using scalar_t = float; return __VA_ARGS__(); }  \
+      case ::ssir_fast::cuda::DType::kDouble: { using scalar_t = double; return __VA_ARGS__(); } \
+      case ::ssir_fast::cuda::DType::kHalf: { using scalar_t = c10::Half; return __VA_ARGS__(); } \
+      default: { using scalar_t = c10::BFloat16; return __VA_ARGS__(); }             \
+    }                                                                                \
+  }()

@@ -9,7 +9,8 @@
         for inputs, targets, weights in loader: ...
 
 Batches are ``(inputs, targets, weights)`` on ``device``: images [B, 3, H, W] float32 normalised,
-scalar targets [B, 1] (depth: [B, 1, H, W] metres), weights shaped like targets (ones, per-sample
+scalar targets [B, 1] (vector targets [B, D]; depth: [B, 1, H, W] metres), weights shaped like
+scalar targets, [B, 1] for vector ones (ones, per-sample
 ``sample_weights``, or ``bin_weights`` looked up per target element; depth weights are 0 on
 invalid (<= 0) pixels, crop padding included; for the NYUD2 test split they are the balanced-pixel
 mask).
@@ -65,7 +66,7 @@ def load_dataset(name, root=None, **options):
     errs = spec.option_errors(options, "load_dataset")
     if errs:
         raise TypeError("; ".join(errs))
-    return spec.load(root, **options)
+    return spec.build(root, **options)
 
 
 def __getattr__(name):

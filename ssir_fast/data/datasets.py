@@ -3,32 +3,30 @@
 * AgeDB-DIR / IMDB-WIKI-DIR (and the embedded default data set): one CSV with the columns
   ``age,path,split`` (split in train/val/test), ``path`` relative to an image root. Extra columns are
   kept (``SplitView.extra``) and otherwise ignored. Bins: width 1 from 0, labels >= 120 merged into
-  the last of 121 bins (the DIR convention, see `ssir_fast.imbalance.LabelBins`).
+  the last of 121 bins (the DIR convention, `ssir_fast.imbalance.LabelBins.dir_age()`).
 * NYUD2-DIR: RGB/depth pairs from list files (``rgb_path,depth_path`` per line, one file per split,
   or one file with a third ``split`` column), depth in metres 0.7-10, bins of 0.1 m, and a balanced
-  set of test pixels (``test_balanced_mask.npy`` when present, else `balanced_pixel_mask`).
+  set of test pixels (``test_balanced_mask.npy`` when present, else `balanced_pixel_mask`); the
+  NYUD2 constants are in `ssir_fast.nyud2`.
 
 Every bad row raises a `DataError` naming the file and line; with ``on_error="skip"`` the row is
 skipped, counted in ``dataset.skipped`` and reported with a warning, never dropped silently.
 """
-import csv
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import nyud2
 from ..imbalance import LabelBins, raw_bin_index
+from .rows import (DataError, bad_row, check_header, check_on_error, not_a_file, open_csv,
+                   parse_label, report_skipped)
 
 __all__ = ["DataError", "SplitView", "ImageRegressionDataset", "DepthDataset", "load_dir_csv",
            "load_nyud2", "balanced_pixel_mask", "read_depth", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 DIR_COLUMNS = ("age", "path", "split")
-
-
-class DataError(ValueError):
-    """A bad input (CSV row, image file, split) with the file and row it came from."""
 
 
 @dataclass
@@ -133,35 +131,6 @@ class DepthDataset(_Base):
         return self._test_mask
 
 
-# ----------------------------------------------------------------------------- CSV parsing
-
-def _report_skipped(name, skipped):
-    if skipped:
-        shown = "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-        warnings.warn(f"{name}: skipped {len(skipped)} bad row(s): {shown}", stacklevel=3)
-
-
-def _bad(msg, on_error, skipped):
-    if on_error == "raise":
-        raise DataError(msg)
-    skipped.append(msg)
-
-
-def _check_on_error(on_error):
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-
-
-def _parse_label(text, where, column):
-    try:
-        v = float(text)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: label {text!r} in column {column!r} is not a number") from None
-    if not np.isfinite(v):
-        raise DataError(f"{where}: label {text!r} in column {column!r} is NaN or infinite")
-    return v
-
-
 def load_dir_csv(csv_path, image_root=None, *, name=None, bins=None, image_size=224,
                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), label_column="age",
                  check_files=True, on_error="raise", required_splits=SPLITS):
@@ -170,23 +139,25 @@ def load_dir_csv(csv_path, image_root=None, *, name=None, bins=None, image_size=
     Rows are kept in file order within each split. ``image_root`` defaults to the CSV's folder.
     Errors (missing column, unknown split, non-numeric/NaN label, missing file) name the file and
     line; with ``on_error="skip"`` bad rows are skipped, counted and reported in a warning.
-    An empty split among ``required_splits`` is always an error.
+    An empty split among ``required_splits`` is always an error. ``label_column`` may be a
+    list of columns: the targets are then [n, D] (a vector target; give D-dim ``bins``).
     """
-    _check_on_error(on_error)
+    check_on_error(on_error)
     csv_path = os.path.abspath(csv_path)
     if not os.path.isfile(csv_path):
         raise DataError(f"CSV file not found: {csv_path}")
     image_root = os.path.dirname(csv_path) if image_root is None else os.path.abspath(image_root)
     name = name or os.path.splitext(os.path.basename(csv_path))[0]
-    required = (label_column, "path", "split")
+    labels = [label_column] if isinstance(label_column, str) else list(label_column)
+    required = tuple(labels) + ("path", "split")
     data = {s: {"paths": [], "targets": [], "rows": [], "extra": {}} for s in SPLITS}
     skipped = []
-    with open(csv_path, newline="") as f:
-        reader = csv.reader(f)
+    with open_csv(csv_path) as reader:
         header = next(reader, None)
         if header is None:
             raise DataError(f"{csv_path}: the CSV is empty (expected a header {','.join(required)})")
         header = [h.strip() for h in header]
+        check_header(csv_path, header)
         missing = [c for c in required if c not in header]
         if missing:
             raise DataError(f"{csv_path} line 1: missing required column(s) {missing} "
@@ -198,22 +169,23 @@ def load_dir_csv(csv_path, image_root=None, *, name=None, bins=None, image_size=
                 continue  # blank line
             where = f"{csv_path} line {line}"
             if len(row) != len(header):
-                _bad(f"{where}: {len(row)} fields, header has {len(header)}", on_error, skipped)
+                bad_row(f"{where}: {len(row)} fields, header has {len(header)}", on_error, skipped)
                 continue
             split = row[col["split"]].strip()
             if split not in SPLITS:
-                _bad(f"{where}: unknown split {split!r} (expected one of {list(SPLITS)})",
+                bad_row(f"{where}: unknown split {split!r} (expected one of {list(SPLITS)})",
                      on_error, skipped)
                 continue
             try:
-                y = _parse_label(row[col[label_column]].strip(), where, label_column)
+                y = [parse_label(row[col[c]].strip(), where, c) for c in labels]
+                y = y[0] if isinstance(label_column, str) else y
             except DataError as e:
-                _bad(str(e), on_error, skipped)
+                bad_row(str(e), on_error, skipped)
                 continue
             rel = row[col["path"]].strip()
             path = rel if os.path.isabs(rel) else os.path.join(image_root, rel)
             if check_files and not os.path.isfile(path):
-                _bad(f"{where}: image file not found: {path}", on_error, skipped)
+                bad_row(f"{where}: {not_a_file(path, 'image')}", on_error, skipped)
                 continue
             d = data[split]
             d["paths"].append(path)
@@ -221,15 +193,17 @@ def load_dir_csv(csv_path, image_root=None, *, name=None, bins=None, image_size=
             d["rows"].append(line)
             for c in extra_cols:
                 d["extra"].setdefault(c, []).append(row[col[c]])
-    _report_skipped(name, skipped)
-    splits = {s: SplitView(s, csv_path, d["paths"], np.asarray(d["targets"], np.float32),
-                           d["rows"], extra=d["extra"]) for s, d in data.items()}
+    report_skipped(name, skipped)
+    shape = (-1,) if isinstance(label_column, str) else (-1, len(labels))
+    splits = {s: SplitView(s, csv_path, d["paths"],
+                           np.asarray(d["targets"], np.float32).reshape(shape), d["rows"],
+                           extra=d["extra"]) for s, d in data.items()}
     empty = [s for s in required_splits if len(splits[s]) == 0]
     if empty:
         sizes = {s: len(v) for s, v in splits.items()}
         raise DataError(f"{csv_path}: split(s) {empty} are empty (sizes {sizes})")
     if bins is None:
-        bins = LabelBins(0.0, 1.0, 121)
+        bins = LabelBins.dir_age()
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     return ImageRegressionDataset(name, image_root, splits, bins, mean, std, image_size,
@@ -238,17 +212,13 @@ def load_dir_csv(csv_path, image_root=None, *, name=None, bins=None, image_size=
 
 # ----------------------------------------------------------------------------- NYUD2-DIR
 
-NYU_MEAN = (0.485, 0.456, 0.406)   # ImageNet statistics, as in the DIR NYUD2 code
-NYU_STD = (0.229, 0.224, 0.225)
-
-
 def read_depth(path, depth_scale=None, where=None):
     """Depth map in metres (float32 [H, W]) from .npy (metres), 16-bit PNG (millimetres, / 1000) or
     8-bit PNG (the DIR NYUD2 training convention: value / 255 * 10). ``depth_scale`` overrides the
     multiplier applied to the stored values."""
     where = where or path
     if not os.path.isfile(path):
-        raise DataError(f"{where}: depth file not found: {path}")
+        raise DataError(f"{where}: {not_a_file(path, 'depth')}")
     try:
         if path.endswith(".npy"):
             raw = np.load(path)
@@ -258,7 +228,7 @@ def read_depth(path, depth_scale=None, where=None):
             with Image.open(path) as im:
                 im.load()
                 raw = np.asarray(im)
-            scale = 10.0 / 255.0 if raw.dtype == np.uint8 else 1e-3
+            scale = nyud2.PNG8_METRES if raw.dtype == np.uint8 else nyud2.PNG16_METRES
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure becomes a DataError with the row
@@ -273,8 +243,8 @@ def read_depth(path, depth_scale=None, where=None):
     return d
 
 
-def _balanced_pixel_mask_np(depth_maps, y_min=0.7, bin_width=0.1, y_max=10.0, per_bin=None,
-                            seed=0):
+def _balanced_pixel_mask_np(depth_maps, y_min=nyud2.Y_MIN, bin_width=nyud2.BIN_WIDTH,
+                            y_max=nyud2.Y_MAX, per_bin=None, seed=0):
     """Fallback of `ssir_fast.metrics.balanced_pixel_mask` (same signature and rule) for when the
     metrics module cannot be imported: from every non-empty bin of width ``bin_width`` in
     [y_min, y_max), ``per_bin`` pixels (default: the smallest non-empty bin count) drawn uniformly
@@ -309,8 +279,8 @@ except Exception:  # noqa: BLE001 - metrics unavailable (e.g. a partial install)
 def _read_list(path, on_error, skipped, root, check_files, default_split=None):
     """Rows (rgb, depth, split, line) of a NYUD2 list file; a header line rgb,depth[,split] is allowed."""
     out = []
-    with open(path, newline="") as f:
-        for line, row in enumerate(csv.reader(f), start=1):
+    with open_csv(path) as rows:
+        for line, row in enumerate(rows, start=1):
             row = [c.strip() for c in row]
             if not row or not any(row):
                 continue
@@ -318,19 +288,19 @@ def _read_list(path, on_error, skipped, root, check_files, default_split=None):
                 continue
             where = f"{path} line {line}"
             if len(row) not in (2, 3) or (len(row) == 2 and default_split is None):
-                _bad(f"{where}: expected 'rgb,depth{',split' if default_split is None else ''}', "
+                bad_row(f"{where}: expected 'rgb,depth{',split' if default_split is None else ''}', "
                      f"got {len(row)} field(s)", on_error, skipped)
                 continue
             split = row[2] if len(row) == 3 else default_split
             if split not in SPLITS:
-                _bad(f"{where}: unknown split {split!r} (expected one of {list(SPLITS)})",
+                bad_row(f"{where}: unknown split {split!r} (expected one of {list(SPLITS)})",
                      on_error, skipped)
                 continue
             rgb, dep = (p if os.path.isabs(p) else os.path.join(root, p) for p in row[:2])
             if check_files:
                 gone = [p for p in (rgb, dep) if not os.path.isfile(p)]
                 if gone:
-                    _bad(f"{where}: file not found: {gone[0]}", on_error, skipped)
+                    bad_row(f"{where}: file not found: {gone[0]}", on_error, skipped)
                     continue
             out.append((rgb, dep, split, line))
     return out
@@ -342,7 +312,7 @@ def load_nyud2(root, *, list_file=None, image_size=(240, 320), depth_scale=None,
     ``nyu2_val.csv``) with ``rgb_path,depth_path`` per line, or one ``list_file`` with a third
     ``split`` column. The balanced test mask is read from ``mask_file`` (bool [N_test, H, W]) when it
     exists, else computed with `balanced_pixel_mask` on first use."""
-    _check_on_error(on_error)
+    check_on_error(on_error)
     root = os.path.abspath(root)
     skipped = []
     rows = []
@@ -358,7 +328,7 @@ def load_nyud2(root, *, list_file=None, image_size=(240, 320), depth_scale=None,
                 rows += [(r, lf) for r in _read_list(lf, on_error, skipped, root, check_files, s)]
             elif s in required_splits:
                 raise DataError(f"NYUD2 list file not found: {lf}")
-    _report_skipped("nyud2", skipped)
+    report_skipped("nyud2", skipped)
     splits = {}
     for s in SPLITS:
         mine = [(r, lf) for r, lf in rows if r[2] == s]
@@ -379,6 +349,6 @@ def load_nyud2(root, *, list_file=None, image_size=(240, 320), depth_scale=None,
                             f" got {mask.shape}")
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
-    bins = LabelBins(0.7, 0.1, 93)
-    return DepthDataset("nyud2", root, splits, bins, NYU_MEAN, NYU_STD, image_size,
+    # the NYUD2 constants (bins, normalisation): ssir_fast/nyud2.py
+    return DepthDataset("nyud2", root, splits, nyud2.BINS, nyud2.MEAN, nyud2.STD, image_size,
                         skipped=skipped, test_mask=mask, depth_scale=depth_scale)

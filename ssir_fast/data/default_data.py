@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import math
 import tempfile
 
 import numpy as np
@@ -48,16 +49,36 @@ def _options(**overrides):
     for k in ("n_train", "val_per_bin", "test_per_bin"):
         if int(opts[k]) < 1:
             raise ValueError(f"{k} must be >= 1, got {opts[k]}")
+    if not (math.isfinite(float(opts["tau"])) and float(opts["tau"]) > 0):
+        raise ValueError(f"tau (the mean of the exponential angle distribution) must be > 0, got "
+                         f"{opts['tau']}")
+    if not 1 <= int(opts["quality"]) <= 100:
+        raise ValueError(f"quality (JPEG) must be in [1, 100], got {opts['quality']}")
     return opts
+
+
+def option_errors(options):
+    """The messages `_options` would raise for `options`, for the configuration check (an empty
+    list when they are fine)."""
+    try:
+        _options(**options)
+    except (TypeError, ValueError) as e:
+        return [str(e)]
+    return []
 
 
 def default_root(cache_dir=None, **options):
     """Folder of the data set built with ``options``: one folder per distinct option set."""
-    opts = _options(**options)
+    return cache_root("default", _options(**options), cache_dir)
+
+
+def cache_root(name, opts, cache_dir=None):
+    """``<cache>/<name>-<image_size>px-<hash of opts>``; the cache is `cache_dir`,
+    $SSIR_FAST_DATA or ~/.cache/ssir_fast."""
     base = cache_dir or os.environ.get("SSIR_FAST_DATA") or os.path.join(
         os.path.expanduser("~"), ".cache", "ssir_fast")
     tag = hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:10]
-    return os.path.join(base, f"default-{opts['image_size']}px-{tag}")
+    return os.path.join(base, f"{name}-{opts['image_size']}px-{tag}")
 
 
 def _angles(opts, rng):
@@ -87,23 +108,34 @@ def build_default(root=None, progress=True, **options):
     """Build the default data set into ``root`` (or `default_root`) unless it exists; return root."""
     opts = _options(**options)
     root = root or default_root(**options)
-    if os.path.isfile(os.path.join(root, CSV_NAME)):
+    return build_digit_set(root, "default", opts, _angles, _render, ("age",), progress)
+
+
+def build_digit_set(root, name, opts, draw_targets, render, target_columns, progress=True):
+    """Write a data set of scikit-learn's digits in the DIR layout into ``root`` unless it holds
+    one (``<name>.csv`` with the target columns, ``path``, ``split``, ``digit_index``, plus
+    ``images/<split>/<n>.jpg``); return root. The digits are split 70 / 10 / 20 % (disjoint);
+    `draw_targets(opts, rng)` gives each split's targets ([n] or [n, D]); each image is a digit of
+    its split drawn with replacement, rendered by `render(digit, size, *targets)`. Deterministic
+    in `opts` (one generator, seeded by opts["seed"]) and atomic: built in a temporary folder
+    renamed into place, so a concurrent builder or an interrupted build leaves no half set."""
+    csv_name = f"{name}.csv"
+    if os.path.isfile(os.path.join(root, csv_name)):
         return root
     from sklearn.datasets import load_digits
 
-    digits = load_digits()
-    images = digits.images
+    images = load_digits().images
     rng = np.random.default_rng(opts["seed"])
     perm = rng.permutation(len(images))
     n = len(images)
     pools = {"train": perm[:int(0.7 * n)], "val": perm[int(0.7 * n):int(0.8 * n)],
              "test": perm[int(0.8 * n):]}
-    angles = _angles(opts, rng)
+    targets = draw_targets(opts, rng)
     jobs = []
     for split in ("train", "val", "test"):
-        src = rng.choice(pools[split], size=len(angles[split]), replace=True)
-        jobs += [(split, k, int(src[k]), float(angles[split][k])) for k in range(len(src))]
-
+        src = rng.choice(pools[split], size=len(targets[split]), replace=True)
+        jobs += [(split, k, int(src[k]), [float(t) for t in np.atleast_1d(targets[split][k])])
+                 for k in range(len(src))]
     parent = os.path.dirname(os.path.abspath(root)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".building-", dir=parent)
@@ -114,25 +146,25 @@ def build_default(root=None, progress=True, **options):
         if progress:
             try:
                 from tqdm import tqdm
-                it = tqdm(jobs, desc=f"building default data set in {root}", unit="img")
+                it = tqdm(jobs, desc=f"building {name} data set in {root}", unit="img")
             except ImportError:
                 pass
         rows = []
-        for split, k, src, angle in it:
+        for split, k, src, values in it:
             rel = f"images/{split}/{k:05d}.jpg"
-            _render(images[src], int(opts["image_size"]), angle).save(
+            render(images[src], int(opts["image_size"]), *values).save(
                 os.path.join(tmp, rel), format="JPEG", quality=int(opts["quality"]))
-            rows.append((f"{angle:.3f}", rel, split, src))
-        with open(os.path.join(tmp, CSV_NAME), "w", newline="") as f:
+            rows.append((*(f"{v:.3f}" for v in values), rel, split, src))
+        with open(os.path.join(tmp, csv_name), "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["age", "path", "split", "digit_index"])
+            w.writerow(list(target_columns) + ["path", "split", "digit_index"])
             w.writerows(rows)
         with open(os.path.join(tmp, "options.json"), "w") as f:
             json.dump(opts, f, sort_keys=True, indent=1)
         try:
             os.rename(tmp, root)
         except OSError:
-            if not os.path.isfile(os.path.join(root, CSV_NAME)):
+            if not os.path.isfile(os.path.join(root, csv_name)):
                 raise  # not a lost race with another builder
     finally:
         if os.path.isdir(tmp):

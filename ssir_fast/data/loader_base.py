@@ -1,4 +1,6 @@
-"""What both image backends share: epochs, shards, weights, skip accounting, reading a sample."""
+"""What both image backends share: epochs, shards, weights, skip accounting, reading a sample,
+whether the main script can be re-imported by spawned workers."""
+import ast
 import os
 import warnings
 
@@ -9,7 +11,25 @@ from .datasets import DataError, read_depth
 from .transforms import (aug_params, check_image_bytes, epoch_order, normalize_batch,
                          shard_batches)
 
-__all__ = ["ImageLoaderBase", "read_image_bytes", "read_sample_depth", "sample_test_mask"]
+__all__ = ["ImageLoaderBase", "read_image_bytes", "read_sample_depth", "sample_test_mask",
+           "has_main_guard"]
+
+
+def has_main_guard(path):
+    """True if the script at ``path`` has a top-level ``if __name__ == "__main__":``, so that
+    worker processes started by spawn or forkserver can import it again without re-running it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            names = [node.test.left] + list(node.test.comparators)
+            if any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and \
+                    any(isinstance(n, ast.Constant) and n.value == "__main__" for n in names):
+                return True
+    return False
 
 
 def read_image_bytes(view, i):
@@ -87,9 +107,9 @@ class ImageLoaderBase:
                                  f"got {sample_weights.shape[0]}")
         if bin_weights is not None:
             bin_weights = np.asarray(bin_weights, np.float32).reshape(-1)
-            if bin_weights.shape[0] != dataset.bins.num_bins:
+            if bin_weights.shape[0] != dataset.bins.size:
                 raise ValueError(f"bin_weights must have one weight per bin "
-                                 f"({dataset.bins.num_bins}), got {bin_weights.shape[0]}")
+                                 f"({dataset.bins.size}), got {bin_weights.shape[0]}")
         self.sample_weights, self.bin_weights = sample_weights, bin_weights
         epoch_order(n, 0, 0, False, self.rank, self.world)   # validates shard
         self.epoch = 0
@@ -164,7 +184,7 @@ class ImageLoaderBase:
             weights = weights * real.view(-1, 1, 1, 1)
         else:
             y = self.view.targets[idx]
-            targets = torch.from_numpy(y.astype(np.float32)).view(-1, 1)
+            targets = torch.from_numpy(y.astype(np.float32)).view(len(idx), -1)   # [B, 1] / [B, D]
             if self.sample_weights is not None:
                 w = self.sample_weights[idx]
             elif self.bin_weights is not None:

@@ -1,4 +1,4 @@
-"""The paper's two-Gaussian motivation data (SPEC section 6, paper Section 3 / Appendix 8.5).
+"""The paper's two-Gaussian motivation data (paper Section 3 / Appendix 8.5).
 
     x1 ~ N(mu1 * 1_d, sigma2 * I),  x2 ~ N(mu2 * 1_d, sigma2 * I),  y = w^T x
 
@@ -20,6 +20,8 @@ def two_gaussians(ratio=10, d=100, n_major=1000, n_test=500, mu=(10.0, -10.0), v
         raise ValueError(f"ratio must be >= 1 (N1 / N2), got {ratio}")
     if d < 1 or n_major < 1 or n_test < 1:
         raise ValueError(f"d, n_major and n_test must be >= 1, got {d}, {n_major}, {n_test}")
+    if not (np.isfinite(var) and var > 0):
+        raise ValueError(f"var (the variance of each Gaussian) must be > 0, got {var}")
     rng = np.random.default_rng(seed)
     w = rng.normal(0.0, 1.0 / np.sqrt(d), size=d)
     sd = float(np.sqrt(var))

@@ -20,7 +20,6 @@ milliseconds. Forkserver re-imports the main script in every worker, which a scr
 ``if __name__ == "__main__":`` guard cannot survive; for such a script the workers are forked
 instead, with a warning (see `worker_start_method`).
 """
-import ast
 import io
 import multiprocessing
 import sys
@@ -30,7 +29,8 @@ import numpy as np
 import torch
 
 from .datasets import DataError
-from .loader_base import ImageLoaderBase, read_image_bytes, read_sample_depth, sample_test_mask
+from .loader_base import (ImageLoaderBase, has_main_guard, read_image_bytes, read_sample_depth,
+                          sample_test_mask)
 from .transforms import crop_pad, normalize_uint8
 
 __all__ = ["TorchImageLoader", "decode_resize", "worker_start_method"]
@@ -49,28 +49,12 @@ def decode_resize(data, size):
         return np.asarray(im)
 
 
-def _has_main_guard(path):
-    """True if the script at ``path`` has a top-level ``if __name__ == "__main__":``."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-    except (OSError, SyntaxError, ValueError):
-        return False
-    for node in tree.body:
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
-            names = [node.test.left] + list(node.test.comparators)
-            if any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and \
-                    any(isinstance(n, ast.Constant) and n.value == "__main__" for n in names):
-                return True
-    return False
-
-
 def worker_start_method():
     """"forkserver", or "fork" (with a warning, once per script) when the main module is a script
     file without a ``__main__`` guard: forkserver and spawn workers import that script again,
     which would re-run its loader loop inside every worker and fail during bootstrapping."""
     path = getattr(sys.modules.get("__main__"), "__file__", None)
-    if path is None or _has_main_guard(path):
+    if path is None or has_main_guard(path):
         return "forkserver"
     if path not in _warned_fork:
         _warned_fork.add(path)

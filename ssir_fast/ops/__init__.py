@@ -4,7 +4,8 @@ schema is in csrc/ssir_fast.cpp, the kernels in csrc/cpu/<op>_cpu.cpp and csrc/c
 the float64 reference in ssir_fast/reference.py."""
 from .perturb import perturb
 from .bin_reduce import bin_reduce
+from .bin_reduce_nd import bin_reduce_nd
 from .bin_feature_stats import bin_feature_stats
 from .fds_calibrate import fds_calibrate
 
-__all__ = ["perturb", "bin_reduce", "bin_feature_stats", "fds_calibrate"]
+__all__ = ["perturb", "bin_reduce", "bin_reduce_nd", "bin_feature_stats", "fds_calibrate"]

@@ -3,6 +3,7 @@ errors."""
 import math
 
 import torch
+from torch.autograd import forward_ad
 
 from .. import _extension
 
@@ -14,15 +15,26 @@ def require_tensor(value, name):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
 
 
+def _number(value, name):
+    """float(value), or a TypeError naming `name` (None, a string, a bool, a sequence, ...)."""
+    if isinstance(value, (bool, str)) or value is None:
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} "
+                        f"{value!r:.60}") from None
+
+
 def require_finite_nonneg(value, name):
-    v = float(value)
+    v = _number(value, name)
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {value}")
     return v
 
 
 def require_positive(value, name):
-    v = float(value)
+    v = _number(value, name)
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value}")
     return v
@@ -39,6 +51,53 @@ def use_kernel(device):
         return False
     kind = torch.device(device).type
     return kind == "cpu" or (kind == "cuda" and _extension.HAS_CUDA_KERNELS)
+
+
+def under_transform(*tensors):
+    """True inside a torch.func transform (grad, jacrev, jvp, vmap, ...) or when a tensor carries
+    a forward-mode tangent (torch.autograd.forward_ad). The differentiable ops then take their
+    pure-PyTorch path, which every transform supports (vmap batches it: no per-sample loop): the
+    compiled kernels have a reverse-mode formula only, and a kernel under jvp would return a zero
+    tangent without a word."""
+    if torch.compiler.is_compiling():   # traced code: the transforms are the compiler's
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return True
+    if getattr(forward_ad, "_current_level", 0) < 0:   # no dual level open: no tangent anywhere
+        return False
+    return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def refuse_differentiation(op, *tensors):
+    """A clear error when `op`, a statistic with no derivative, is differentiated by a torch.func
+    transform (grad, jacrev, jvp, ...: a tensor wrapped for gradient tracking) or forward-mode AD:
+    the kernel would give a zero tangent without a word. vmap alone is fine (exact, per sample)."""
+    if torch.compiler.is_compiling():
+        return
+    functorch = torch._C._functorch
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            continue
+        differentiated = forward_ad.unpack_dual(t).tangent is not None
+        inner = t
+        while not differentiated and t.requires_grad and \
+                functorch.is_functorch_wrapped_tensor(inner):
+            differentiated = functorch.is_gradtrackingtensor(inner)
+            inner = functorch.get_unwrapped(inner)
+        if differentiated:
+            raise RuntimeError(f"{op} is not differentiable (a per-bin statistic): call it on "
+                               f"detached tensors, outside torch.func.grad/jacrev/jvp and "
+                               f"forward-mode AD")
+
+
+def typed_error(error, recheck):
+    """The error a kernel raised, with its Python type restored.
+
+    A stable-ABI kernel can only raise ValueError for a bad argument (C++ std::invalid_argument);
+    `recheck` runs the torch._check version of the same rules, which raises TypeError where the
+    problem is a dtype. Called only after a kernel refused: no cost on the success path."""
+    recheck()
+    return error
 
 
 def fake_check_float(t, op, name):

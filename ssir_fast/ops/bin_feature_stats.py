@@ -1,4 +1,5 @@
-"""Per-bin feature statistics (SPEC 3.3), for FDS and the feature-balance metric.
+"""Per-bin feature statistics (docs/algorithm.md, section 4), for FDS and the feature-balance
+metric.
 
 For features z [N, C] and bin indices b [N] (samples with b outside [0, B) are ignored):
 
@@ -16,7 +17,8 @@ import numbers
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import fake_check_float, require_tensor, use_kernel
+from ._common import (fake_check_float, refuse_differentiation, require_tensor, typed_error,
+                      use_kernel)
 
 __all__ = ["bin_feature_stats", "bin_feature_stats_torch", "check_bin_index"]
 
@@ -52,8 +54,10 @@ def bin_feature_stats(features, bin_index, num_bins, unbiased=True):
     """(count [B] int64, mean [B, C], var [B, C]) of `features` [N, C] grouped by `bin_index` [N].
 
     Indices outside [0, num_bins) are ignored (use -1 to mask samples). `unbiased=False` gives
-    the population variance M2 / n."""
+    the population variance M2 / n. Not differentiable (the statistics are constants):
+    torch.func.grad/jacrev/jvp over `features` raise; vmap works (a per-sample loop)."""
     require_tensor(features, "features")
+    refuse_differentiation("bin_feature_stats", features)
     idx = check_bin_index(bin_index)
     if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral):
         raise TypeError(f"num_bins must be an integer, got {num_bins!r}")
@@ -61,8 +65,11 @@ def bin_feature_stats(features, bin_index, num_bins, unbiased=True):
     if not use_kernel(features.device):
         _check_args(features, idx, num_bins)
         return bin_feature_stats_torch(features, idx, num_bins, unbiased)
-    return tuple(torch.ops.ssir_fast.bin_feature_stats.default(features.detach(), idx, num_bins,
-                                                               bool(unbiased)))
+    try:
+        return tuple(torch.ops.ssir_fast.bin_feature_stats.default(features.detach(), idx, num_bins,
+                                                                   bool(unbiased)))
+    except ValueError as e:
+        raise typed_error(e, lambda: _check_args(features, idx, num_bins)) from None
 
 
 def bin_feature_stats_torch(features, bin_index, num_bins, unbiased=True):

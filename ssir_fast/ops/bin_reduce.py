@@ -1,4 +1,5 @@
-"""Per-bin reduction of regression errors: the one pass behind the DIR metrics (SPEC 3.2).
+"""Per-bin reduction of regression errors: the one pass behind the DIR metrics
+(docs/algorithm.md, section 4).
 
 For every selected pair (p, y) of `pred` and `target` (any matching shape; dense maps are
 flattened) the op adds to row b of a [num_bins, 12] float64 table, where
@@ -39,8 +40,9 @@ import numbers
 import torch
 
 from .._extension import HAS_EXTENSION
-from .binning import raw_bin_index
-from ._common import fake_check_float, fake_check_same, require_tensor, use_kernel
+from .binning import raw_bin_index, check_num_bins
+from ._common import (fake_check_float, fake_check_same, refuse_differentiation,
+                      require_tensor, typed_error, use_kernel)
 
 __all__ = ["bin_reduce", "bin_reduce_torch", "COLUMNS", "NUM_COLUMNS", "DEFAULT_FLOOR"]
 
@@ -61,6 +63,7 @@ def _convert(pred, target, y_min, bin_width, num_bins, mask, floor):
         require_tensor(mask, "mask")
     if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral):
         raise TypeError(f"num_bins must be an integer, got {num_bins!r}")
+    check_num_bins(int(num_bins), "bin_reduce: num_bins")
     return float(y_min), float(bin_width), int(num_bins), float(floor)
 
 
@@ -96,13 +99,20 @@ def bin_reduce(pred, target, y_min, bin_width, num_bins, mask=None, floor=DEFAUL
         floor: tiny positive value for the GM log and the ratio metrics (module docstring).
         allow_nonfinite: count NaN/inf pairs in N_NONFINITE and exclude them instead of raising.
 
-    The table is on pred's device; the columns are described in the module docstring.
+    The table is on pred's device; the columns are described in the module docstring. Not
+    differentiable: torch.func.grad/jacrev/jvp over pred or target raise; vmap works (a
+    per-sample loop).
     """
     y_min, bin_width, num_bins, floor = _convert(pred, target, y_min, bin_width, num_bins, mask,
                                                  floor)
+    refuse_differentiation("bin_reduce", pred, target)
     if use_kernel(pred.device):
-        return torch.ops.ssir_fast.bin_reduce.default(pred, target, y_min, bin_width, num_bins,
-                                                      mask, floor, bool(allow_nonfinite))
+        try:
+            return torch.ops.ssir_fast.bin_reduce.default(pred, target, y_min, bin_width, num_bins,
+                                                          mask, floor, bool(allow_nonfinite))
+        except ValueError as e:
+            raise typed_error(e, lambda: _check_args(pred, target, y_min, bin_width, num_bins,
+                                                     mask, floor)) from None
     _check_args(pred, target, y_min, bin_width, num_bins, mask, floor)
     return bin_reduce_torch(pred, target, y_min, bin_width, num_bins, mask, floor,
                             allow_nonfinite)

@@ -15,7 +15,19 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["raw_bin_index", "decimal_rule"]
+__all__ = ["raw_bin_index", "decimal_rule", "MAX_BINS", "check_num_bins"]
+
+# More label bins than this is a mistake (a bin width far below the labels' resolution): the
+# per-bin tables would take gigabytes. 2^22 bins of a [B, 12] float64 table are 400 MB.
+MAX_BINS = 1 << 22
+
+
+def check_num_bins(num_bins, what="num_bins"):
+    """ValueError for more than MAX_BINS bins, saying the memory it would take."""
+    if num_bins > MAX_BINS:
+        raise ValueError(f"{what} = {num_bins} label bins is too many (at most {MAX_BINS}; the "
+                         f"per-bin table alone would take {num_bins * 96 / 2**30:.3g} GiB): use a "
+                         f"larger bin width or a smaller label range")
 
 _F32_MAX = float(np.finfo(np.float32).max)
 

@@ -1,4 +1,4 @@
-"""FDS feature calibration (SPEC 3.3), one fused pass:
+"""FDS feature calibration (docs/algorithm.md, section 4), one fused pass:
 
     z'_n = (z_n - mu_b) * sqrt(clamp(var~_b / var_b, lo, hi)) + mu~_b,     b = bin_index[n]
 
@@ -19,7 +19,8 @@ import math
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import fake_check_float, require_tensor, use_kernel
+from ._common import (fake_check_float, require_tensor, typed_error, under_transform,
+                      use_kernel)
 from .bin_feature_stats import check_bin_index, check_index_shape
 
 __all__ = ["fds_calibrate", "fds_calibrate_torch", "calibration_coefficients", "MIN_VAR_SUM"]
@@ -59,7 +60,7 @@ def fds_calibrate(features, bin_index, mean, var, smoothed_mean, smoothed_var, l
         features: [N, C] float tensor (the encoder output).
         bin_index: [N] integer bin of each sample; out-of-range indices pass through.
         mean, var, smoothed_mean, smoothed_var: [B, C] statistics (float32 or float64).
-        lo, hi: clamp of the variance ratio (SPEC: [0.1, 10] for age, [0.2, 5] for NYU).
+        lo, hi: clamp of the variance ratio ([0.1, 10] for age, [0.2, 5] for NYU).
     """
     require_tensor(features, "features")
     idx = check_bin_index(bin_index)
@@ -73,10 +74,31 @@ def fds_calibrate(features, bin_index, mean, var, smoothed_mean, smoothed_var, l
              for t in (mean, var, smoothed_mean, smoothed_var)]
     if stats[0].dtype != stats[1].dtype or len({s.dtype for s in stats}) > 1:
         stats = [s.double() for s in stats]
-    if not use_kernel(features.device):
+    # torch.func transforms and forward-mode AD: the pure-PyTorch path, which they all support
+    transformed = under_transform(features)
+    if not transformed:
+        _check_stat_values(stats)
+    if transformed or not use_kernel(features.device):
         _check_args(features, idx, mean, var, smoothed_mean, smoothed_var, lo, hi)
         return fds_calibrate_torch(features, idx, *stats, lo, hi)
-    return torch.ops.ssir_fast.fds_calibrate.default(features, idx, *stats, lo, hi)
+    try:
+        return torch.ops.ssir_fast.fds_calibrate.default(features, idx, *stats, lo, hi)
+    except ValueError as e:
+        raise typed_error(e, lambda: _check_args(features, idx, mean, var, smoothed_mean,
+                                                 smoothed_var, lo, hi)) from None
+
+
+def _check_stat_values(stats):
+    """NaN/inf statistics or a negative variance would make every calibrated feature NaN: refused
+    where reading them costs no device sync (CPU tensors; FDS checks its own once per epoch)."""
+    names = ("mean", "var", "smoothed_mean", "smoothed_var")
+    for t, name in zip(stats, names):
+        if t.device.type != "cpu" or t.numel() == 0:
+            continue
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"fds_calibrate: {name} contains NaN or inf")
+        if name.endswith("var") and bool((t < 0).any()):
+            raise ValueError(f"fds_calibrate: {name} has negative entries (a variance is >= 0)")
 
 
 def calibration_coefficients(features_dtype, mean, var, smoothed_mean, smoothed_var, lo, hi):

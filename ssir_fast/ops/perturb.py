@@ -1,9 +1,9 @@
-"""The SSIR perturbation update (SPEC 3.1).
+"""The SSIR perturbation update (docs/algorithm.md, section 4).
 
     out_i = clip(x_i + eps_i * g_i / ||g_i||_2, clip_min, clip_max)
 
 with the norm taken per sample i over all non-batch dims and eps_i = epsilon (a float) or
-epsilon[i] (a tensor of per-sample radii, issue 12's auto-epsilon). A row with ||g_i|| = 0 gets no
+epsilon[i] (a tensor of per-sample radii, SSIRLoss's auto-epsilon). A row with ||g_i|| = 0 gets no
 perturbation (out_i = clip(x_i)), never NaN. Math is fp32 for fp32/fp16/bf16 inputs (fp64 for
 fp64). Kernels: csrc/cpu/perturb_cpu.cpp, csrc/cuda/perturb_cuda.cu.
 """
@@ -13,23 +13,34 @@ import numbers
 import torch
 
 from .._extension import HAS_EXTENSION
-from ._common import fake_check_float, fake_check_same, require_tensor, use_kernel
+from ._common import (_number, fake_check_float, fake_check_same, require_tensor, typed_error,
+                      under_transform, use_kernel)
 
-__all__ = ["perturb", "perturb_torch"]
+__all__ = ["perturb", "perturb_torch", "clip_bound"]
 
 
-def _bound(value, name, x=None, device=None):
+def clip_bound(value, name, x=None, device=None):
     """A clip bound as None or a float32 tensor of shape [] or [C]: the one conversion of clip
     bounds (SSIRLoss uses it too). `value` is None, a float, a sequence of per-channel floats or
     a tensor. With `x` the bound is checked against x's channels (dim 1) and moved to x's device;
     without it, it goes to `device` (`perturb`: x's device, unchecked, as the kernels check it)
     or, when that is None too (SSIRLoss at construction), to the CPU. NaN is refused where it can
-    be seen without a device sync (floats, sequences, CPU tensors)."""
+    be seen without a device sync (floats, sequences, CPU tensors). A host value reaches a CUDA
+    device without a host sync: a float is filled on the device, a sequence or CPU tensor is
+    copied asynchronously from pinned memory."""
     if value is None:
         return None
+    target = torch.device(x.device if x is not None else device if device is not None else "cpu")
+    if isinstance(value, numbers.Real):
+        # Checked on the host and filled on the target device: no copy, no sync, and nothing
+        # that torch.compile has to read back from a tensor.
+        v = float(value)
+        if math.isnan(v):
+            raise ValueError(f"{name} is NaN")
+        return torch.full((), v, dtype=torch.float32, device=target)
     if isinstance(value, torch.Tensor):
         t = value.detach()
-    elif isinstance(value, (numbers.Real, list, tuple)):
+    elif isinstance(value, (list, tuple)):
         t = torch.as_tensor(value, dtype=torch.float32)
     else:
         raise TypeError(f"{name} must be None, a float, a sequence of floats or a tensor, got "
@@ -41,9 +52,17 @@ def _bound(value, name, x=None, device=None):
                                           if x is not None else "") +
                          f", got shape {tuple(t.shape)}")
     t = t.to(torch.float32)
-    if t.device.type == "cpu" and bool(torch.isnan(t).any()):
+    if torch.compiler.is_compiling():
+        # a traced bound (torch.compile, torch.export) has no value to read: a check in the graph
+        torch._assert_async(~torch.isnan(t).any(), f"{name} contains NaN")
+    elif t.device.type == "cpu" and (math.isnan(t.item()) if t.numel() == 1
+                                     else bool(torch.isnan(t).any())):
+        # (item() of a one-element bound: a quarter of the cost of isnan().any() per call)
         raise ValueError(f"{name} is NaN" if t.dim() == 0 else f"{name} contains NaN")
-    t = t.to(x.device if x is not None else device if device is not None else "cpu")
+    if t.device.type == "cpu" and target.type == "cuda":
+        t = t.pin_memory().to(target, non_blocking=True)  # a blocking copy would sync per call
+    else:
+        t = t.to(target)
     return t.reshape(-1) if t.dim() else t
 
 
@@ -60,7 +79,10 @@ def perturb(x, g, epsilon, clip_min=None, clip_max=None, out=None):
         clip_min, clip_max: None, a float, or a per-channel tensor of shape [C] for x [N, C, ...].
         out: optional output tensor; may be `x` itself (in-place update).
 
-    Returns the perturbed tensor (contiguous, or `out`). Differentiable w.r.t. x and g.
+    Returns the perturbed tensor (contiguous, or `out`). Differentiable w.r.t. x and g. Under
+    torch.func transforms (grad, jacrev, jvp, vmap) and forward-mode AD it runs `perturb_torch`,
+    which they all support (vmap batches it, no per-sample loop); the value checks of epsilon and
+    the bounds that need a read of the data are skipped there.
 
     Argument checks live in one place per path: the C++ kernels (csrc/perturb_common.h), or, on
     the PyTorch fallback, `_check_args` (also run by the fake kernels under torch.compile). This
@@ -71,27 +93,52 @@ def perturb(x, g, epsilon, clip_min=None, clip_max=None, out=None):
     if isinstance(epsilon, torch.Tensor):
         epsilon, eps_rows = 1.0, epsilon.detach()  # radius_i = 1.0 * epsilon[i]
     else:
-        epsilon, eps_rows = float(epsilon), None
-    lo, hi = (_bound(b, name, device=x.device)
+        epsilon, eps_rows = _number(epsilon, "perturb: epsilon"), None
+    lo, hi = (clip_bound(b, name, device=x.device)
               for b, name in ((clip_min, "clip_min"), (clip_max, "clip_max")))
     if out is not None:
         require_tensor(out, "out")
-    if not use_kernel(x.device):
+    transformed = under_transform(x, g, eps_rows, lo, hi)
+    if transformed or not use_kernel(x.device):
         _check_args(x, g, epsilon, lo, hi, eps_rows, out)
-        if eps_rows is not None:
+        if eps_rows is not None and not transformed:   # (no value to read under vmap)
             _check_eps_values(eps_rows)
-        if lo is not None and hi is not None and lo.device.type == "cpu":
+        if lo is not None and hi is not None and lo.device.type == "cpu" and not transformed:
             torch._check_value(bool((lo <= hi).all()), lambda: f"perturb: clip_min must be <= "
                                f"clip_max, got clip_min={lo.tolist()} and clip_max={hi.tolist()}")
         result = perturb_torch(x, g, epsilon, lo, hi, eps_rows)
         return result if out is None else out.copy_(result)
-    if out is None:
-        return torch.ops.ssir_fast.perturb.default(x, g, epsilon, lo, hi, eps_rows)
-    if out is x:
-        torch.ops.ssir_fast.perturb_.default(x, g, epsilon, lo, hi, eps_rows)
-    else:
-        torch.ops.ssir_fast.perturb_out.default(x, g, epsilon, lo, hi, out, eps_rows)
+    try:
+        if out is None:
+            return torch.ops.ssir_fast.perturb.default(x, g, epsilon, lo, hi, eps_rows)
+        if _writes_into_graph(out, x, g):
+            # The kernels write behind autograd's back: compute out of place (from copies of
+            # inputs that out overwrites: the backward needs them), then copy_, which records the
+            # write (a later backward through the old value of out is refused, as after add_) and
+            # refuses a leaf that requires grad.
+            xs, gs = (t.clone() if _shares_storage(t, out) else t for t in (x, g))
+            return out.copy_(torch.ops.ssir_fast.perturb.default(xs, gs, epsilon, lo, hi,
+                                                                 eps_rows))
+        if out is x:
+            torch.ops.ssir_fast.perturb_.default(x, g, epsilon, lo, hi, eps_rows)
+        else:
+            torch.ops.ssir_fast.perturb_out.default(x, g, epsilon, lo, hi, out, eps_rows)
+    except ValueError as e:
+        raise typed_error(e, lambda: _check_args(x, g, epsilon, lo, hi, eps_rows, out)) from None
+    if not torch.compiler.is_compiling():
+        torch.autograd.graph.increment_version(out)   # as any in-place op: saved copies go stale
     return out
+
+
+def _writes_into_graph(out, x, g):
+    """True when writing `out` in place must be seen by autograd: grad mode is on and out, x or g
+    requires grad (a leaf out that requires grad is then refused by copy_, like torch's in-place
+    ops; otherwise out takes the op's history)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (out, x, g))
+
+
+def _shares_storage(a, b):
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _check_args(x, g, epsilon, clip_min, clip_max, epsilon_rows, out=None):
@@ -149,7 +196,7 @@ def _radius(epsilon, eps_rows, acc):
 def perturb_torch(x, g, epsilon, clip_min=None, clip_max=None, epsilon_rows=None):
     """Eager PyTorch version of `perturb` (the fallback and the benchmark baseline).
 
-    Takes bounds already converted by `_bound` (None or float32 tensors); the radius of row i is
+    Takes bounds already converted by `clip_bound` (None or float32 tensors); the radius of row i is
     epsilon, times epsilon_rows[i] when that [N] tensor is given (as the op)."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     n = x.shape[0]
@@ -163,21 +210,21 @@ def perturb_torch(x, g, epsilon, clip_min=None, clip_max=None, epsilon_rows=None
 
 
 def _inside(v, clip_min, clip_max, x):
-    """The clip mask m: 1 where lo <= v <= hi (the output follows x and g there)."""
+    """The clip mask m: True where lo <= v <= hi (the output follows x and g there), as
+    clamp(v) == v: two passes (NaN: False, as the comparisons)."""
     lo, hi = _channel_view(clip_min, x), _channel_view(clip_max, x)
-    inside = torch.ones_like(v, dtype=torch.bool)
-    if lo is not None:
-        inside &= v >= lo
-    if hi is not None:
-        inside &= v <= hi
-    return inside
+    if lo is None and hi is None:
+        return torch.ones_like(v, dtype=torch.bool)
+    return torch.clamp(v, lo, hi) == v
 
 
 def _grad_direction(w, gf, norm, scale, n):
-    """(eps_i / ||g||) (I - u u^T) w per row, u = g / ||g||: the gradient w.r.t. g."""
-    u = gf / norm
-    proj = (u * w).reshape(n, -1).sum(dim=1).reshape(norm.shape)
-    return scale * (w - u * proj)
+    """(eps_i / ||g||) (I - u u^T) w per row, u = g / ||g||: the gradient w.r.t. g.
+
+    Formed as scale_i w_i - (scale_i <g_i, w_i> / ||g_i||^2) g_i: the row dot products in one
+    batched matrix product (no product tensor), then one tensor written (no u, no w - u proj)."""
+    dot = torch.bmm(gf.reshape(n, 1, -1), w.reshape(n, -1, 1)).reshape(norm.shape)
+    return torch.mul(w, scale).addcmul_(gf, -scale * dot / (norm * norm))
 
 
 # ---- torch.compile support and autograd ---------------------------------------------------
@@ -210,6 +257,9 @@ if HAS_EXTENSION:
         gradients autograd asks for are formed (without clipping, the x gradient is `grad`)."""
         x, g, clip_min, clip_max, eps_rows = ctx.saved_tensors
         need_x, need_g = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if x.numel() == 0:   # an empty batch (or sample): nothing to reshape per row
+            return (grad.to(x.dtype) if need_x else None, torch.zeros_like(g) if need_g else None,
+                    None, None, None, None)
         clipped = clip_min is not None or clip_max is not None
         if not need_g and not clipped:
             return grad if need_x else None, None, None, None, None, None
@@ -217,13 +267,16 @@ if HAS_EXTENSION:
         n = x.shape[0]
         shape = (-1,) + (1,) * (x.dim() - 1)
         gf = g.to(acc)
-        norm = gf.reshape(n, -1).norm(dim=1)
+        norm = torch.linalg.vector_norm(gf.reshape(n, -1), dim=1)
         safe = torch.where(norm > 0, norm, torch.ones_like(norm))
         radius = _radius(ctx.epsilon, eps_rows, acc)
         scale = torch.where(norm > 0, radius / safe, torch.zeros_like(norm)).reshape(shape)
         w = grad.to(acc)
         if clipped:
-            w = w * _inside(x.to(acc) + scale * gf, clip_min, clip_max, x)
+            # the unclipped point x + scale g, then the masked gradient written over it: one
+            # temporary of x's size (and the mask) instead of one per elementwise step
+            v = torch.addcmul(x.to(acc), scale, gf)
+            w = torch.where(_inside(v, clip_min, clip_max, x), w, w.new_zeros(()), out=v)
         grad_g = _grad_direction(w, gf, safe.reshape(shape), scale, n).to(g.dtype) if need_g else None
         return w.to(x.dtype) if need_x else None, grad_g, None, None, None, None
 

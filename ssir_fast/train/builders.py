@@ -1,14 +1,13 @@
-"""Builders of a training run: from a validated TrainConfig to the data, loaders, model, losses,
-SSIR, optimiser and the module the step calls. Each is a function of the configuration (and of
-what the previous ones built), so `Trainer.setup`, `evaluate_checkpoint` and the plots build the
-same pieces the same way.
+"""Builders of a training run: the data, loaders, model, losses, SSIR, optimiser and the module
+the step calls. Each receives the sections of a validated TrainConfig it reads (`cfg.data`,
+`cfg.method`, `cfg.ssir`, ...; never the whole configuration) and what the previous ones built;
+`runtime.build_parts` calls the first three in the order an exact rerun needs, for training,
+evaluation and the plots alike.
 
-Order matters for an exact rerun: `seed_everything` first, then `build_data` (SMOGN, loaders),
-`build_model` (initial weights) and `build_losses` (a GMM for Balanced MSE) draw from the seeded
-generators in this order.
+What depends on the data set (its bins, weighting recipe, shot groups, selection metric, dense
+targets) is read from its registration (`ssir_fast.data.registry.DataSpec`).
 """
 import os
-import random
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Optional
@@ -17,187 +16,176 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import losses as L
-from ..data import load_dataset, make_loader, registry
+from .. import losses
+from ..data import DataError, load_dataset, make_loader, registry
 from ..data.tabular import TabularSplit
 from ..fds import FDS
 from ..imbalance import DIR_RECIPES, LabelBins, bin_weights
 from ..metrics import check_shot_bins
 from ..resample import smogn
 from ..ssir import SSIRLoss
-from . import distributed as D
+from . import distributed
 from .config import ConfigError
 from .models import Regressor, build_model as build_regressor
+from .schedule import make_scheduler
 
-__all__ = ["seed_everything", "resolve_device", "check_world", "load_data", "input_shape", "Data",
+__all__ = ["load_data", "input_shape", "Data",
            "build_data", "make_eval_loader", "build_model", "channels_last", "wrap_model",
            "make_base_loss", "ssir_distance", "Losses", "build_losses", "build_optimizer",
            "make_scheduler"]
 
 
-def seed_everything(seed, deterministic=False):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-
-
-def resolve_device(name, env):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", env.local_rank if env.active else torch.cuda.current_device())
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    return dev
-
-
-def check_world(cfg, env):
-    """Every process gets the same share of each batch."""
-    if cfg.batch_size % env.world:
-        raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the number of "
-                          f"processes ({env.world})")
-
-
 # ---------------------------------------------------------------------------------- data
 
-def load_data(cfg, progress=True):
-    """(dataset, original training labels) for a validated cfg; SMOGN resamples the training
-    split. The registry says which loader keywords come from flags (--image-size, --target, ...);
-    --data-options were checked against the loader's signature by `validate`."""
-    spec = registry.get(cfg.data)
-    kwargs = {k: getattr(cfg, f) for k, f in spec.flags.items() if getattr(cfg, f) is not None}
+def load_data(data, smogn_opts, seed, flag_values=None, progress=True):
+    """(dataset, original training labels) for the validated `data` section; SMOGN
+    (`smogn_opts`, seeded with `seed`) resamples the training split. `flag_values`: the loader
+    keywords the data set's registration takes from other options ({"seed": 0, ...}; see
+    `runtime.data_flag_values`); --data-options were checked against the loader's signature
+    by `validate`."""
+    kwargs = {k: v for k, v in (flag_values or {}).items() if v is not None}
     if "progress" in kwargs:
         kwargs["progress"] = progress   # this rank's bar, not the flag alone
-    ds = load_dataset(cfg.data, cfg.data_root, **kwargs, **(cfg.data_options or {}))
+    try:
+        ds = load_dataset(data.name, data.root, **kwargs, **(data.options or {}))
+    except ValueError as e:   # a loader refusing its input (n_major=-5, ...): the user's to fix
+        if isinstance(e, (DataError, ConfigError)):
+            raise
+        raise DataError(f"--data {data.name}: {e}") from e
     train_labels = np.asarray(ds.train_labels, np.float64)
-    if cfg.smogn:
+    if smogn_opts.enabled:
         tr = ds.splits["train"]
-        X, y = smogn(tr.X.astype(np.float64), tr.targets.astype(np.float64), k=cfg.smogn_k,
-                     pert=cfg.smogn_pert, rel_thres=cfg.smogn_thres, seed=cfg.seed)
+        X, y = smogn(tr.X.astype(np.float64), tr.targets.astype(np.float64), k=smogn_opts.k,
+                     pert=smogn_opts.pert, rel_thres=smogn_opts.thres, seed=seed)
         ds.splits["train"] = TabularSplit("train", np.asarray(X, np.float32),
                                           np.asarray(y, np.float32), tr.source)
     return ds, train_labels
 
 
-def input_shape(cfg, ds):
-    """The model input shape of one sample of ds, as cfg.data's registration gives it."""
-    return registry.get(cfg.data).input_shape(ds)
+def input_shape(data_name, ds):
+    """The model input shape of one sample of ds, as the data set's registration gives it."""
+    return registry.get(data_name).input_shape(ds)
 
 
 @dataclass
 class Data:
     """The data side of a run: the data set, its label bins and training statistics, the
     re-weighting table and the loaders (this rank's shard of every batch)."""
+    name: str                        # the data set's registered name
     ds: object
     bins: LabelBins
     train_labels: np.ndarray         # the original training labels (before SMOGN)
     train_counts: np.ndarray         # per-bin training counts (shot groups, SSIR subset)
-    depth: bool                      # dense depth targets (NYUD2): masks, RMSE selection
+    dense: bool                      # dense targets (depth maps): masked pixels in the metrics
+    select: str                      # the validation metric of the best epoch ("mae", "rmse")
     bin_w: Optional[np.ndarray]      # per-bin loss weights (INV/SQINV/LDS) or None
     shot_bins: Optional[dict]        # explicit many/medium/few bin lists or None
-    on_error: str                    # data_options on_error (raise / skip)
-    loader_options: dict             # backend, device, seed, workers, on_error of every loader
+    loader_options: dict             # batch size (per rank), shard, backend, device, seed,
+                                     # workers, on_error: what every loader of the run shares
     train_loader: object
     loaders: dict                    # "val" / "test" -> loader, for the splits the data set has
 
 
-def build_data(cfg, env, device, progress=True):
-    """Load the data set and build the loaders for a validated cfg (see `Data`)."""
-    ds, train_labels = load_data(cfg, progress=progress)
-    bins = ds.bins
-    depth = getattr(ds, "kind", None) == "depth"
-    # the official weighting of each code base: per-pixel depth counts are not clipped and LDS
-    # pads them by reflection (nyud2-dir); ages clip INV counts to [5, 1000]
-    recipe = DIR_RECIPES["depth" if depth else "age"]
-    bin_w = (bin_weights(train_labels, bins, cfg.reweight, cfg.lds, cfg.lds_kernel, cfg.lds_ks,
-                         cfg.lds_sigma, lds_int_counts=cfg.lds_int_counts, **recipe)
-             if cfg.reweight != "none" else None)
-    lists = {g: getattr(cfg, f"{g}_bins") for g in ("many", "medium", "few")}
+def build_data(data, method, output, optim, env, device, flag_values=None, progress=True):
+    """Load the data set (the `data` section) and build the loaders (`optim`'s batch size and
+    seed), the re-weighting table (`method`) and the shot groups (`output`); see `Data`."""
+    ds, train_labels = load_data(data, method.smogn, optim.seed, flag_values, progress=progress)
+    spec = registry.get(data.name)
+    bins = ds.bins   # the registration's (DataSpec.build)
+    # the official weighting of the data set's code base (per-pixel depth counts: no INV clip,
+    # LDS padded by reflection; ages: INV counts clipped to [5, 1000])
+    recipe = DIR_RECIPES[spec.recipe]
+    lds = method.lds
+    bin_w = (bin_weights(train_labels, bins, method.reweight, lds.enabled, lds.kernel, lds.ks,
+                         lds.sigma, lds_int_counts=lds.int_counts, **recipe)
+             if method.reweight != "none" else None)
+    lists = {g: getattr(output, f"{g}_bins") for g in ("many", "medium", "few")}
     shot_bins = lists if any(v is not None for v in lists.values()) else None
     if shot_bins is not None:
         try:
-            shot_bins = check_shot_bins(shot_bins, bins.num_bins, "--many/medium/few-bins")
+            shot_bins = check_shot_bins(shot_bins, bins.size, "--many/medium/few-bins")
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    per_rank = cfg.batch_size // env.world
+    per_rank = optim.batch_size // env.world
     small = getattr(ds, "image_size", None) is None or max(ds.image_size) <= 32
-    workers = cfg.workers if cfg.workers is not None else (0 if small else
-                                                            min(4, os.cpu_count() or 1))
+    workers = data.workers if data.workers is not None else (0 if small else
+                                                              min(4, os.cpu_count() or 1))
     # on_error=skip also covers files that fail to decode (a truncated JPEG), which only the
     # loaders see
-    on_error = (cfg.data_options or {}).get("on_error", "raise")
-    common = dict(backend=cfg.backend, device=device, seed=cfg.seed, num_workers=workers,
-                  on_error=on_error)
-    if cfg.backend == "auto" and getattr(ds, "kind", None) != "tabular":
+    on_error = (data.options or {}).get("on_error", "raise")
+    common = dict(batch_size=per_rank, shard=(env.rank, env.world), backend=data.backend,
+                  device=device, seed=optim.seed, num_workers=workers, on_error=on_error)
+    if data.backend == "auto" and getattr(ds, "kind", None) != "tabular":
         common["backend"] = "torch" if device.type != "cuda" else "auto"
-    train_loader = make_loader(ds, "train", per_rank, shard=(env.rank, env.world),
-                               even_shards=env.active, bin_weights=bin_w, augment=cfg.augment,
-                               **common)
+    train_loader = make_loader(ds, "train", even_shards=env.active, bin_weights=bin_w,
+                               augment=data.augment, **common)
     loaders = {}
     for split in ("val", "test"):
         if split in ds.splits and len(ds.splits[split]):
-            loaders[split] = make_loader(ds, split, per_rank, shard=(env.rank, env.world),
-                                         **common)
-    return Data(ds=ds, bins=bins, train_labels=train_labels,
-                train_counts=bins.counts(train_labels), depth=depth, bin_w=bin_w,
-                shot_bins=shot_bins, on_error=on_error, loader_options=common,
+            loaders[split] = make_loader(ds, split, **common)
+    return Data(name=data.name, ds=ds, bins=bins, train_labels=train_labels,
+                train_counts=bins.counts(train_labels), dense=spec.dense, select=spec.select,
+                bin_w=bin_w, shot_bins=shot_bins, loader_options=common,
                 train_loader=train_loader, loaders=loaders)
 
 
-def make_eval_loader(cfg, data, split, env, device):
+def make_eval_loader(data, split):
     """An un-shuffled, un-augmented loader over `split` (the training split too), this rank's
-    shard; the loaders `build_data` made for val / test are returned as they are."""
+    shard, with the run's loader options; the loaders `build_data` made for val / test are
+    returned as they are."""
     if split in data.loaders:
         return data.loaders[split]
     if split != "train" or "train" not in data.ds.splits:
         raise ConfigError(f"split {split!r} is not in the data set "
                           f"(have {sorted(data.loaders)})")
-    backend = "torch" if data.train_loader.backend == "torch" else "auto"
-    return make_loader(data.ds, "train", cfg.batch_size // env.world, backend=backend,
-                       device=device, shard=(env.rank, env.world), shuffle=False, augment=False,
-                       num_workers=0, on_error=data.on_error)
+    return make_loader(data.ds, "train", shuffle=False, augment=False, **data.loader_options)
 
 
 # ---------------------------------------------------------------------------------- model
 
-def build_model(cfg, data, device, env) -> Regressor:
-    """The Regressor of cfg.model for data.ds's inputs (with FDS when cfg.fds), its output set
-    to the training label range, on `device` (channels_last where asked), the same weights on
-    every rank."""
+def build_model(model_opts, fds_opts, data, device, env, channels_last=False) -> Regressor:
+    """The Regressor of the `model` section for data.ds's inputs (with FDS when the `fds`
+    section is enabled), its output set to the training label range, on `device`
+    (channels_last where asked), the same weights on every rank."""
     fds = None
-    if cfg.fds:
-        fds = partial(FDS, bins=data.bins, kernel=cfg.fds_kernel, ks=cfg.fds_ks,
-                      sigma=cfg.fds_sigma, momentum=cfg.fds_momentum,
-                      start_update=cfg.fds_start_update, start_smooth=cfg.fds_start_smooth,
-                      clip=tuple(cfg.fds_clip))
-    model = build_regressor(cfg.model, input_shape(cfg, data.ds), cfg.width, fds)
+    if fds_opts.enabled:
+        fds = partial(FDS, bins=data.bins, kernel=fds_opts.kernel, ks=fds_opts.ks,
+                      sigma=fds_opts.sigma, momentum=fds_opts.momentum,
+                      start_update=fds_opts.start_update, start_smooth=fds_opts.start_smooth,
+                      clip=tuple(fds_opts.clip))
+    outputs = target_dim(data)
+    model = build_regressor(model_opts.name, input_shape(data.name, data.ds),
+                            model_opts.width, fds, outputs=outputs)
     # The output starts at the mean training label (and, with --standardize-target, the head
     # predicts (y - mean) / std): with an L1 loss and Adam at lr 1e-3 the raw head otherwise
-    # needs many epochs just to reach the label range.
-    model.set_output_range(np.mean(data.train_labels),
-                           np.std(data.train_labels) if cfg.standardize_target else 1.0)
+    # needs many epochs just to reach the label range. Per dimension for a vector target.
+    if outputs > 1:
+        y = data.train_labels.reshape(-1, outputs)
+        model.set_output_range(y.mean(0), y.std(0) if model_opts.standardize_target else 1.0)
+    else:
+        model.set_output_range(np.mean(data.train_labels),
+                               np.std(data.train_labels) if model_opts.standardize_target
+                               else 1.0)
     model = model.to(device)
-    if channels_last(cfg, device) and getattr(data.ds, "kind", None) != "tabular":
+    if channels_last and getattr(data.ds, "kind", None) != "tabular":
         model = model.to(memory_format=torch.channels_last)
     if env.active:
-        D.broadcast_module(model)
+        distributed.broadcast_module(model)
     return model
 
 
-def channels_last(cfg, device):
-    """Whether images go through the model in channels_last (CUDA only)."""
-    return cfg.channels_last and device.type == "cuda"
+def target_dim(data):
+    """D of the run's targets: the dimensions of its label bins (1 for scalar targets)."""
+    return int(getattr(data.bins, "dim", 1))
 
 
-def wrap_model(model, cfg, env, device):
+def channels_last(optim, device):
+    """Whether images go through the model in channels_last (`optim.channels_last`, CUDA
+    only)."""
+    return optim.channels_last and device.type == "cuda"
+
+
+def wrap_model(model, optim, env, device):
     """The module the training step calls: DistributedDataParallel under torchrun (built after
     RRT froze the encoder, so it only syncs trainable parameters), then torch.compile. The step
     scopes the compiler setting SSIR needs (see `TrainStep`)."""
@@ -205,26 +193,28 @@ def wrap_model(model, cfg, env, device):
     if env.active:
         fwd = DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda"
                                       else None)
-    if cfg.compile:
+    if optim.compile:
         fwd = torch.compile(fwd)
     return fwd
 
 
 # ---------------------------------------------------------------------------------- losses
 
-def make_base_loss(cfg, bins, train_labels, device):
-    """(loss_fn(pred, y, weight), module with parameters or None)."""
-    if cfg.loss in ("bmc", "gai", "bni"):
-        mod = L.BalancedMSELoss(cfg.loss, cfg.bmse_sigma, True, bins=bins,
-                                train_labels=train_labels, n_components=cfg.gmm_components)
+def make_base_loss(method, bins, train_labels, device):
+    """(loss_fn(pred, y, weight), module with parameters or None) for the `method` section's
+    loss."""
+    if method.loss in ("bmc", "gai", "bni"):
+        mod = losses.BalancedMSELoss(method.loss, method.bmse.sigma, True, bins=bins,
+                                     train_labels=train_labels,
+                                     n_components=method.bmse.gmm_components)
         mod = mod.to(device)
         return _float_loss(mod), mod
-    fns = {"l1": L.weighted_l1, "mse": L.weighted_mse, "huber": L.weighted_huber,
-           "focal-l1": partial(L.focal_l1, activate=cfg.focal_activate, beta=cfg.focal_beta,
-                               gamma=cfg.focal_gamma),
-           "focal-mse": partial(L.focal_mse, activate=cfg.focal_activate, beta=cfg.focal_beta,
-                                gamma=cfg.focal_gamma)}
-    return _float_loss(fns[cfg.loss]), None
+    focal = dict(activate=method.focal.activate, beta=method.focal.beta,
+                 gamma=method.focal.gamma)
+    fns = {"l1": losses.weighted_l1, "mse": losses.weighted_mse, "huber": losses.weighted_huber,
+           "focal-l1": partial(losses.focal_l1, **focal),
+           "focal-mse": partial(losses.focal_mse, **focal)}
+    return _float_loss(fns[method.loss]), None
 
 
 def _float_loss(fn):
@@ -234,10 +224,11 @@ def _float_loss(fn):
     return loss
 
 
-def ssir_distance(cfg):
-    if cfg.ssir_distance != "auto":
-        return cfg.ssir_distance
-    return {"l1": "l1", "focal-l1": "l1", "huber": "huber"}.get(cfg.loss, "mse")
+def ssir_distance(ssir, loss):
+    """The SSIR distance: the `ssir` section's, or with "auto" the one of the supervised loss."""
+    if ssir.distance != "auto":
+        return ssir.distance
+    return {"l1": "l1", "focal-l1": "l1", "huber": "huber"}.get(loss, "mse")
 
 
 @dataclass
@@ -247,42 +238,32 @@ class Losses:
     ssir: Optional[SSIRLoss]
 
 
-def build_losses(cfg, data, device) -> Losses:
-    """The supervised loss and, with cfg.ssir, the SSIR loss around it."""
-    base, module = make_base_loss(cfg, data.bins, data.train_labels, device)
+def build_losses(method, ssir_opts, data, device) -> Losses:
+    """The supervised loss of the `method` section and, with the `ssir` section enabled, the
+    SSIR loss around it."""
+    base, module = make_base_loss(method, data.bins, data.train_labels, device)
     ssir = None
-    if cfg.ssir:
+    s = ssir_opts
+    if s.enabled:
         ds = data.ds
         lo = hi = None
-        if cfg.ssir_clip and hasattr(ds, "clip_bounds") and ds.clip_bounds() is not None:
+        if s.clip and hasattr(ds, "clip_bounds") and ds.clip_bounds() is not None:
             lo, hi = (torch.tensor(b) for b in ds.clip_bounds())
-        ssir = SSIRLoss(cfg.ssir_bin_width or data.bins.bin_width, cfg.epsilon, cfg.lam,
-                        ssir_distance(cfg), cfg.n_steps, cfg.ssir_target, lo, hi,
-                        base_loss=base, validate=False, rho=cfg.ssir_rho,
-                        eps_max=cfg.ssir_eps_max, subset=cfg.ssir_subset, bins=data.bins,
-                        bin_counts=data.train_counts,
-                        perturb_autocast=torch.bfloat16 if cfg.ssir_bf16 else None)
+        ssir = SSIRLoss(s.bin_width or data.bins.bin_width, s.epsilon, s.lam,
+                        ssir_distance(s, method.loss), s.n_steps, s.target, lo, hi,
+                        base_loss=base, validate=False, rho=s.rho, eps_max=s.eps_max,
+                        subset=s.subset, bins=data.bins, bin_counts=data.train_counts,
+                        perturb_autocast=torch.bfloat16 if s.bf16 else None)
     return Losses(base, module, ssir)
 
 
 # ---------------------------------------------------------------------------------- optimiser
 
-def make_scheduler(cfg, opt):
-    S = torch.optim.lr_scheduler
-    if cfg.schedule == "multistep":
-        return S.MultiStepLR(opt, cfg.milestones, cfg.gamma)
-    if cfg.schedule == "step":
-        return S.StepLR(opt, cfg.step_size, cfg.gamma)
-    if cfg.schedule == "cosine":
-        return S.CosineAnnealingLR(opt, cfg.epochs)
-    return S.LambdaLR(opt, lambda e: 1.0)
-
-
-def build_optimizer(cfg, params, loss_module=None):
-    """(Adam over `params` and the loss module's parameters, its lr schedule, the parameter
-    list)."""
+def build_optimizer(optim, params, loss_module=None):
+    """(Adam over `params` and the loss module's parameters with the `optim` section's lr and
+    weight decay, its lr schedule, the parameter list)."""
     params = list(params)
     if loss_module is not None:
         params += list(loss_module.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return opt, make_scheduler(cfg, opt), params
+    opt = torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    return opt, make_scheduler(optim, opt), params

@@ -18,9 +18,10 @@ pickle machinery. What used to need it is stored as tensors and lists instead:
 
 so an exact resume restores the same generator states bit for bit.
 
-Every failure to read a checkpoint is a `ConfigError` naming the file and what is wrong: missing,
-empty, truncated, not a PyTorch file, objects other than tensors and plain values, another
-ssir-fast format, or a model whose parameters differ (missing / unexpected keys, other shapes).
+Every failure to read a checkpoint is a `CheckpointError` naming the file and what is wrong:
+missing, empty, truncated, not a PyTorch file, objects other than tensors and plain values,
+another ssir-fast format, no model state; a model whose parameters differ from the one the
+options build (missing / unexpected keys, other shapes) is a `ConfigError`.
 """
 import contextlib
 import csv
@@ -28,36 +29,38 @@ import json
 import os
 import pickle
 import random
-import zipfile
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .config import ConfigError
 
-__all__ = ["FORMAT", "atomic_save", "write_text_atomic", "load_checkpoint", "load_model_state",
-           "rng_state", "set_rng_state", "RunRecord", "training_state", "best_checkpoint",
-           "RESUME_FREE", "resume", "write_history", "tensorboard"]
+__all__ = ["CheckpointError", "FORMAT", "atomic_save", "write_text_atomic", "load_checkpoint",
+           "load_model_state", "rng_state", "set_rng_state", "RunRecord", "training_state",
+           "best_checkpoint", "RESUME_FREE", "resume", "write_history", "tensorboard"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: missing, empty, corrupt, unsafe or of another
+    format (the message names the file and the option it came from)."""
+
 
 # 2: RNG states as tensors / lists (weights_only), torchvision's ResNet key names
 FORMAT = 2
 
 
 def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, then os.replace (never half-written)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save to a temporary file in the same folder, then os.replace (never half-written;
+    on a failure the temporary file is removed and the previous file kept)."""
+    atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
 def write_text_atomic(path, text):
     """Write `text` to a temporary file in the same folder, then os.replace."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text))
 
 
 # ---- RNG states as tensors and plain values ---------------------------------------------------
@@ -94,34 +97,44 @@ def load_checkpoint(path, what="--checkpoint", need=("config", "model")):
 
     `what` names the option the file came from in the messages (--resume, --checkpoint, eval);
     `need` lists the keys an ssir-fast checkpoint must have."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{what}: {path} is a folder; give the checkpoint file in it "
+                              f"(best.pt or last.pt)")
     if not os.path.isfile(path):
-        raise ConfigError(f"{what}: checkpoint not found: {path}")
+        raise CheckpointError(f"{what}: checkpoint not found: {path}")
     size = os.path.getsize(path)
     if size == 0:
-        raise ConfigError(f"{what}: checkpoint {path} is empty (0 bytes): the run was probably "
-                          f"killed while the file was created; delete it (and resume from an "
-                          f"earlier copy or start again)")
+        raise CheckpointError(f"{what}: checkpoint {path} is empty (0 bytes): the run was "
+                              f"probably killed while the file was created; delete it (and "
+                              f"resume from an earlier copy or start again)")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{what}: {path} holds objects other than tensors and plain values, "
-                          f"so it is not loaded (opening it could run code pickled into it). "
-                          f"Checkpoints of this ssir-fast version never do; re-create it or, if "
-                          f"you trust its origin, convert it yourself. ({first})") from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{what}: cannot read checkpoint {path} ({size} bytes): truncated or "
-                          f"not a PyTorch checkpoint ({first})") from None
+        # an object the safe reader refuses names its class ("Unsupported global: GLOBAL x");
+        # any other failure is bytes that are no pickle of plain values at all
+        refused = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]
+        if not refused:
+            raise CheckpointError(f"{what}: cannot read checkpoint {path} ({size} bytes): "
+                                  f"truncated or not a PyTorch checkpoint") from None
+        first = refused[0].split("WeightsUnpickler error: ")[-1].split(". ")[0][:160]
+        raise CheckpointError(f"{what}: {path} holds objects other than tensors and plain "
+                              f"values, so it is not loaded (opening it could run code pickled "
+                              f"into it). Checkpoints of this ssir-fast version never do; "
+                              f"re-create it or, if you trust its origin, convert it yourself. "
+                              f"({first})") from None
+    except Exception as e:   # EOFError, RuntimeError, BadZipFile, KeyError (a text file), ...
+        first = (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)[:160]
+        raise CheckpointError(f"{what}: cannot read checkpoint {path} ({size} bytes): "
+                              f"truncated or not a PyTorch checkpoint ({first})") from None
     if not isinstance(ck, dict) or any(k not in ck for k in need):
         have = sorted(ck)[:8] if isinstance(ck, dict) else type(ck).__name__
-        raise ConfigError(f"{what}: {path} is not an ssir-fast checkpoint (needs keys "
-                          f"{list(need)}, has {have})")
+        raise CheckpointError(f"{what}: {path} is not an ssir-fast checkpoint (needs keys "
+                              f"{list(need)}, has {have})")
     fmt = ck.get("format")
     if ("format" in ck or "config" in need) and fmt != FORMAT:
-        raise ConfigError(f"{what}: {path} has checkpoint format {fmt}, this ssir-fast reads "
-                          f"format {FORMAT}; evaluate or resume it with the version that wrote "
-                          f"it")
+        raise CheckpointError(f"{what}: {path} has checkpoint format {fmt}, this ssir-fast "
+                              f"reads format {FORMAT}; evaluate or resume it with the version "
+                              f"that wrote it")
     return ck
 
 
@@ -138,10 +151,10 @@ def _describe_mismatch(model_state, state, ignore=()):
 
 def load_model_state(model, state, path, what, model_desc="this model", ignore=()):
     """model.load_state_dict(state), or a ConfigError naming `path`, the model and what differs
-    (at most 5 keys of each kind). Keys starting with a prefix in `ignore` (e.g. "fds." for RRT)
-    may be missing or extra."""
+    (at most 5 keys of each kind; a CheckpointError when `state` is no state dict). Keys starting
+    with a prefix in `ignore` (e.g. "fds." for RRT) may be missing or extra."""
     if not isinstance(state, dict):
-        raise ConfigError(f"{what}: {path} has no model state dict")
+        raise CheckpointError(f"{what}: {path} has no model state dict")
     missing, unexpected, shapes = _describe_mismatch(model.state_dict(), state, ignore)
     if missing or unexpected or shapes:
         parts = []
@@ -194,7 +207,7 @@ def best_checkpoint(cfg, epoch, model_state, score):
 # cosine, whose period follows --epochs and is stretched from the resumed epoch on)
 RESUME_FREE = ("resume", "stop_after", "progress", "out", "plots", "tensorboard", "device",
                "workers", "backend", "epochs", "many_thr", "few_thr", "many_bins",
-               "medium_bins", "few_bins")
+               "medium_bins", "few_bins", "overwrite")
 
 
 def resume(out, cfg, env, model, optimizer, scheduler, loss_module, precision, log):
@@ -220,7 +233,7 @@ def resume(out, cfg, env, model, optimizer, scheduler, loss_module, precision, l
         raise ConfigError(f"--resume: the checkpoint was written by {ck['world']} processes, "
                           f"now {env.world}")
     load_model_state(model, ck["model"], path, "--resume",
-                     f"--model {cfg.model} --width {cfg.width}")
+                     f"--model {cfg.model.name} --width {cfg.width}")
     try:
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -249,14 +262,14 @@ def write_history(out, history):
     keys = []
     for r in history:
         keys += [k for k in r if k not in keys]
-    path = os.path.join(out, "metrics.csv")
-    tmp = path + f".tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+
+    def rows(f):
         w = csv.DictWriter(f, keys)
         w.writeheader()
         for r in history:
             w.writerow(r)
-    os.replace(tmp, path)
+
+    atomic_write(os.path.join(out, "metrics.csv"), rows, newline="")
 
 
 @contextlib.contextmanager

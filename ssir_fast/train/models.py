@@ -197,13 +197,15 @@ class RegressionOutput(NamedTuple):
 class Regressor(nn.Module):
     """encoder -> [FDS] -> head. See the module docstring for the forward's protocol."""
 
-    def __init__(self, encoder, head, fds=None):
+    def __init__(self, encoder, head, fds=None, outputs=1):
         super().__init__()
         self.encoder, self.head, self.fds = encoder, head, fds
         # pred = head(f) * out_scale + out_shift: the label mean / std of the training set, so
-        # the head starts in the label range (see `set_output_range`).
-        self.register_buffer("out_scale", torch.ones(()))
-        self.register_buffer("out_shift", torch.zeros(()))
+        # the head starts in the label range (see `set_output_range`); one per output for a
+        # vector target [N, D].
+        shape = () if outputs == 1 else (int(outputs),)
+        self.register_buffer("out_scale", torch.ones(shape))
+        self.register_buffer("out_shift", torch.zeros(shape))
 
     def forward(self, x, labels=None, epoch=None, features=False):
         """The prediction, or with ``features=True`` a RegressionOutput(pred, features).
@@ -217,6 +219,11 @@ class Regressor(nn.Module):
         return RegressionOutput(pred, f) if features else pred
 
     def set_output_range(self, shift, scale=1.0):
+        """Numbers, or one per output (vector targets)."""
+        if self.out_shift.dim():
+            self.out_shift.copy_(torch.as_tensor(shift, dtype=self.out_shift.dtype))
+            self.out_scale.copy_(torch.as_tensor(scale, dtype=self.out_scale.dtype))
+            return
         self.out_shift.fill_(float(shift))
         self.out_scale.fill_(float(scale))
 
@@ -228,13 +235,15 @@ class DenseRegressor(Regressor):
         super().__init__(net, nn.Identity())
 
 
-def build_model(name, in_shape, width=None, fds=None, channels_last=False):
+def build_model(name, in_shape, width=None, fds=None, channels_last=False, outputs=1):
     """A `Regressor` for inputs of shape ``in_shape`` (C, H, W) or (F,). ``width``: base width
     (mlp hidden units; cnn / resnet channels; default 128 / 32 / 64). ``fds``: a callable
-    feature_dim -> FDS module, or None."""
+    feature_dim -> FDS module, or None. ``outputs``: D of a vector target (a head of D outputs)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {name!r}")
     if name == "depthnet":
+        if outputs != 1:
+            raise ValueError(f"the depth model predicts one depth map, not {outputs} outputs")
         return DenseRegressor(DepthNet(50, width or 64))
     if name == "mlp":
         n_in = 1
@@ -248,5 +257,6 @@ def build_model(name, in_shape, width=None, fds=None, channels_last=False):
         small = max(in_shape[-2:]) <= 64
         enc = ResNet(depth, width or 64, small_input=small, in_channels=in_shape[0])
     feat = enc.out_features
-    model = Regressor(enc, nn.Linear(feat, 1), fds(feat) if fds is not None else None)
+    model = Regressor(enc, nn.Linear(feat, int(outputs)), fds(feat) if fds is not None else None,
+                      outputs=outputs)
     return model

@@ -1,4 +1,4 @@
-"""The paper's motivation experiment (Section 3, Figure 2a; appendix settings in SPEC 6).
+"""The paper's motivation experiment (Section 3, Figure 2a; appendix settings: paper Appendix 8.5).
 
 Data: x1 ~ N(10 * 1_d, 25 I), x2 ~ N(-10 * 1_d, 25 I), d = 100, y = w^T x, N1 / N2 = R, balanced
 test set (`ssir_fast.data.two_gaussians`). Model: 2-layer MLP, 128 hidden units. Two schedules:

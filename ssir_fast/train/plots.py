@@ -1,6 +1,8 @@
 """End-of-run PNG plots (matplotlib, Agg backend).
 
-- per_bin_test.png: per-bin test MAE over the training label histogram (`ssir_fast.metrics`).
+- per_bin_test.png: per-bin test MAE over the training label histogram (`ssir_fast.metrics`);
+  for a two-dimensional target a heat map of each (training count, test MAE) over the joint bins
+  (`plot_per_bin_grid`).
 - curves.png: training loss and validation MAE (all / many / medium / few) per epoch.
 - similarity.png: the SSIR diagnostics per epoch: similarity rate (Definition 1: fraction of
   samples with D(f(x), f(x~)) < delta), mean ||x~ - x|| / ||x|| and mean |f(x~) - f(x)| / dy.
@@ -13,10 +15,11 @@ import os
 import numpy as np
 import torch
 
-from ..metrics import plot_per_bin
+from ..metrics_plot import grid_image, plot_per_bin, plot_per_bin_grid  # noqa: F401 (public here too)
 from ..ssir import SSIRLoss
 
-__all__ = ["plot_run", "plot_curves", "plot_similarity", "plot_perturbations", "plot_sweep"]
+__all__ = ["plot_run", "plot_curves", "plot_similarity", "plot_perturbations", "plot_sweep",
+           "plot_per_bin_grid"]
 
 
 def _plt():
@@ -80,10 +83,20 @@ def plot_similarity(history, path):
     return path
 
 
-def plot_run(out, result, history):
-    """The end-of-run plots of a training run into folder `out`; returns the paths."""
-    paths = [plot_per_bin(result, os.path.join(out, "per_bin_test.png"),
-                          title="test MAE per bin over the training label histogram")]
+def plot_run(out, result, history, names=None):
+    """The end-of-run plots of a training run into folder `out`; returns the paths. A target of
+    two dimensions gets heat maps over the joint bins (`plot_per_bin_grid`; `names` label the
+    axes)."""
+    pb = result["per_bin"]
+    if "bin_lo_1" in pb and "bin_lo_2" not in pb:
+        first = plot_per_bin_grid(result, os.path.join(out, "per_bin_test.png"),
+                                  title="test MAE per joint bin, training counts", names=names)
+    elif "bin_lo" in pb:
+        first = plot_per_bin(result, os.path.join(out, "per_bin_test.png"),
+                             title="test MAE per bin over the training label histogram")
+    else:   # three or more dimensions: the per-bin table is in the CSV
+        first = None
+    paths = [first] if first else []
     if history:
         paths.append(plot_curves(history, os.path.join(out, "curves.png")))
         if "similarity" in history[0]:
@@ -116,8 +129,8 @@ def plot_perturbations(model, x, y, epsilons, path, bin_width=1.0, n=4, mean=0.5
                              squeeze=False)
     for i in range(len(x)):
         axes[i, 0].imshow(show(x[i].float().cpu()), cmap="gray")
-        axes[i, 0].set_title(f"x (y={float(y[i]):.1f})" if i == 0 else f"y={float(y[i]):.1f}",
-                             fontsize=7)
+        label = ",".join(f"{float(v):.1f}" for v in y[i].reshape(-1))   # a vector target too
+        axes[i, 0].set_title(f"x (y={label})" if i == 0 else f"y={label}", fontsize=7)
         for j, (eps, xa) in enumerate(zip(epsilons, rows)):
             r = (xa[i] - x[i].float().cpu())
             axes[i, 1 + 2 * j].imshow(show(xa[i]), cmap="gray")

@@ -7,15 +7,20 @@ autocast with a gradient scaler.
         s <- s / 2); s <- 2 s after 2000 finite steps
     off (CPU, --no-amp):                                       float32
 
-`--amp-dtype bf16` on a GPU without bf16 is refused with a message naming the GPU.
+`--amp-dtype bf16` on a GPU without bf16 is refused with a `PrecisionError` naming the GPU.
 """
 import contextlib
 
 import torch
 
-from .config import ConfigError
+__all__ = ["Precision", "PrecisionError", "choose_precision", "bf16_supported", "AMP_DTYPES"]
 
-__all__ = ["Precision", "choose_precision", "bf16_supported"]
+AMP_DTYPES = ("auto", "bf16", "fp16")
+
+
+class PrecisionError(ValueError):
+    """The precision asked for is not one there is (`AMP_DTYPES`) or one this device cannot
+    compute in (bf16 on an older GPU)."""
 
 
 def bf16_supported(device):
@@ -41,8 +46,10 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
-    def backward(self, loss):
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+    def backward(self, loss, inputs=None):
+        """loss.backward() (scaled for fp16); `inputs`: the tensors whose gradients are formed,
+        None for every leaf (torch's default)."""
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward(inputs=inputs)
 
     def step(self, opt):
         """opt.step(), through the scaler for fp16 (which skips steps with inf/NaN grads)."""
@@ -66,14 +73,15 @@ def choose_precision(device, amp=True, amp_dtype="auto", log=None):
     device = torch.device(device)
     if not amp or device.type != "cuda":
         return Precision(device.type, None)
-    if amp_dtype not in ("auto", "bf16", "fp16"):
-        raise ConfigError(f"--amp-dtype must be auto, bf16 or fp16, got {amp_dtype!r}")
+    if amp_dtype not in AMP_DTYPES:
+        raise PrecisionError(f"--amp-dtype must be auto, bf16 or fp16, got {amp_dtype!r}")
     has_bf16 = bf16_supported(device)
     if amp_dtype == "bf16" and not has_bf16:
         name = torch.cuda.get_device_name(device)
         cc = ".".join(map(str, torch.cuda.get_device_capability(device)))
-        raise ConfigError(f"--amp-dtype bf16: {name} (compute capability {cc}) has no bf16 "
-                          f"support; use --amp-dtype fp16 (with a gradient scaler) or --no-amp")
+        raise PrecisionError(f"--amp-dtype bf16: {name} (compute capability {cc}) has no "
+                             f"bf16 support; use --amp-dtype fp16 (with a gradient scaler) or "
+                             f"--no-amp")
     if amp_dtype == "fp16" or (amp_dtype == "auto" and not has_bf16):
         if amp_dtype == "auto" and log is not None:
             log(f"mixed precision: {torch.cuda.get_device_name(device)} has no bf16; using fp16 "

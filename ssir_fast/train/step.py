@@ -52,11 +52,14 @@ class TrainStep:
         ranksim_gamma, ranksim_lam: RankSim's interpolation strength and weight.
         compiled: forward_model is torch.compile'd.
         rrt: the RRT stage: supervised loss only, no FDS, RankSim or SSIR.
+        skip_nonfinite: a batch whose loss is NaN or inf changes nothing (no update, no FDS
+            statistics) and the call returns None; `skipped` counts them. Costs one host sync per
+            step (and an all-reduce under DDP, so every rank skips the same batches).
     """
 
     def __init__(self, model, forward_model, base_loss, optimizer, precision, env, *, ssir=None,
                  loss_module=None, fds=False, ranksim=False, ranksim_gamma=None,
-                 ranksim_lam=None, compiled=False, rrt=False):
+                 ranksim_lam=None, compiled=False, rrt=False, skip_nonfinite=False):
         self.model, self.forward_model = model, forward_model
         self.base_loss, self.optimizer, self.precision, self.env = base_loss, optimizer, \
             precision, env
@@ -67,6 +70,7 @@ class TrainStep:
         self.ranksim = ranksim and not rrt
         self.ranksim_gamma, self.ranksim_lam = ranksim_gamma, ranksim_lam
         self.features = self.fds or self.ranksim
+        self.skip_nonfinite, self.skipped = skip_nonfinite, 0
         # SSIR's step 1 backpropagates through the clean graph with retain_graph=True, which
         # compiled backwards with donated buffers refuse: the setting is scoped to the step's
         # compiled calls (compilation happens inside them), not changed for the process.
@@ -78,6 +82,17 @@ class TrainStep:
         out = self.forward_model(x, labels=labels if self.fds else None, epoch=epoch,
                                  features=features)
         return (out.pred, out.features) if features else (out, None)
+
+    def _trained(self):
+        """The parameters the optimiser updates (those that require grad)."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]
+                if p.requires_grad]
+
+    def _finite(self, loss):
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.env.active:
+            torch.distributed.all_reduce(bad)
+        return not bool(bad.item())
 
     def __call__(self, x, y, w, epoch) -> StepStats:
         """One step on batch (x, y, w) of `epoch` (0-based); the parameters are updated."""
@@ -98,7 +113,14 @@ class TrainStep:
                 if self.ranksim:
                     loss = loss + ranksim(feats.float(), y, self.ranksim_gamma, self.ranksim_lam)
             self.optimizer.zero_grad(set_to_none=True)
-            self.precision.backward(loss)   # DDP averages the gradients over the ranks here
+            if self.skip_nonfinite and not self._finite(loss):
+                self.skipped += 1
+                return None
+            # Gradients of the trained parameters only: with SSIR, the clean pass's input is a
+            # leaf that requires grad (for step 1), and a plain backward would form its gradient
+            # too, a full input-gradient pass through the first layer that nothing reads.
+            # DDP averages the gradients over the ranks here.
+            self.precision.backward(loss, inputs=self._trained() if self.ssir is not None else None)
         if self.loss_module is not None:
             D.all_reduce_grads(list(self.loss_module.parameters()), self.env.world)
         self.precision.step(self.optimizer)   # fp16: unscaled, skipped on inf/NaN grads

@@ -1,27 +1,22 @@
-"""Imbalance toolkit: the fused FDS ops vs the per-bin Python loop and eager PyTorch, and
-ssir_fast.resample.smogn vs the PyPI `smogn` package. Every ratio is measured in the same run.
+"""The fused FDS ops (bin_feature_stats, fds_calibrate) vs the per-bin Python loop and eager
+PyTorch. Every ratio is measured in the same run.
 
-    pytest benchmarks/bench_toolkit.py --benchmark-only -s
+    pytest benchmarks/bench_fds.py --benchmark-only -s
 
 bin_feature_stats and fds_calibrate: features [N, 2048] float32, 100 bins, N = 256 .. 65536.
 GB/s counts the minimum traffic (stats: read the features once; calibrate: read once, write once)
 and is compared with a copy-bandwidth probe of the same size measured in this run.
 The backward of fds_calibrate (w.r.t. the features; the op with zero means, 2 passes) is timed
 against autograd through the eager version, alone ("backward") and with the forward ("full").
-SMOGN: 5,000 x 10 rows (9 features + a skewed target); the PyPI package (O(n^2) Python loops) is
-timed once.
 
 Every case is timed once through `harness.Bench`, round robin within a test, one row per case in
 benchmarks/results.jsonl; the op's case is the one pytest-benchmark reports. The ratios and GB/s
 use the fastest call of each case (best-of: the shared machine is noisy); the rows also carry
-medians and quartiles. SSIR_BENCH_TOOLKIT_SIZES (default "256,4096,65536") sets N and
-SSIR_BENCH_SMOGN_ROWS (default 5000) the SMOGN rows, e.g. for a short smoke run.
+medians and quartiles. SSIR_BENCH_FDS_SIZES (default "256,4096,65536") sets N, e.g. for a short
+smoke run.
 """
 import os
-import random
-import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -29,10 +24,9 @@ from harness import Bench, copy_bandwidth
 from ssir_fast.ops import bin_feature_stats, fds_calibrate
 from ssir_fast.ops.bin_feature_stats import bin_feature_stats_torch
 from ssir_fast.ops.fds_calibrate import fds_calibrate_torch
-from ssir_fast.resample import smogn
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-SIZES = [int(n) for n in os.environ.get("SSIR_BENCH_TOOLKIT_SIZES", "256,4096,65536").split(",")]
+SIZES = [int(n) for n in os.environ.get("SSIR_BENCH_FDS_SIZES", "256,4096,65536").split(",")]
 C, B = 2048, 100
 
 
@@ -132,32 +126,3 @@ def _figures(ts, nbytes, copy):
     return dict(t_ours_ms=t_ours * 1e3, t_loop_ms=t_loop * 1e3, t_eager_ms=t_eager * 1e3,
                 speedup_vs_loop=t_loop / t_ours, speedup_vs_eager=t_eager / t_ours,
                 gbps=nbytes / t_ours / 1e9, copy_gbps=copy)
-
-
-def _smogn_data(n=int(os.environ.get("SSIR_BENCH_SMOGN_ROWS", "5000")), d=9, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d))
-    y = np.exp(0.6 * X[:, 0] + 0.3 * X[:, 1] + 0.2 * rng.normal(size=n)) * 10  # skewed, high tail
-    return X, y
-
-
-def test_smogn_speed(benchmark):
-    X, y = _smogn_data()
-    b = Bench(benchmark, "smogn", "cpu", rows=len(y), cols=X.shape[1] + 1)
-    t_ours = b.case("ssir_fast", lambda: smogn(X, y, seed=0), repeats=3, warmup=1).min
-    Xn, yn, info = smogn(X, y, seed=0, return_info=True)
-    row = dict(t_ours_s=t_ours, synthetic=int(info["synthetic"].sum()), out_rows=len(yn))
-    if os.environ.get("SSIR_BENCH_SKIP_PYPI_SMOGN", "0") == "0":
-        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-        from _smogn_compat import patch_smogn
-        patch_smogn()
-        import pandas as pd
-        import smogn as pypi
-        df = pd.DataFrame(np.column_stack([X, y]), columns=[f"x{i}" for i in range(X.shape[1])] + ["y"])
-        np.random.seed(0)
-        random.seed(0)
-        out = []
-        t_ref = b.case("pypi_smogn", lambda: out.append(pypi.smoter(data=df, y="y")),
-                       repeats=1, warmup=0).min  # once: minutes
-        row.update(t_pypi_s=t_ref, pypi_out_rows=len(out[0]), speedup_vs_pypi=t_ref / t_ours)
-    b.finish(**row)

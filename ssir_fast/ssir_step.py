@@ -1,0 +1,82 @@
+"""The pieces of one SSIR step around `SSIRLoss` (ssir.py): what a step returns (`SSIRResult`),
+the step-1 input gradient taken from the clean graph without giving it up, the per-dimension
+widths of vector targets, and the rarity-proportional subset draw of the fast mode."""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .ops._common import require_positive
+
+__all__ = ["SSIRResult", "widths", "no_donated_buffers", "input_grad", "draw_subset"]
+
+
+@dataclass
+class SSIRResult:
+    """What one SSIR step computed. `loss` = supervised + lam * consistency."""
+    loss: torch.Tensor
+    pred: torch.Tensor          # clean predictions f(x), with graph
+    supervised: torch.Tensor    # mean_i w_i D_R(pred_i, y_i)
+    consistency: torch.Tensor   # mean_i D(f(x~_i), y~_i)
+    similarity: torch.Tensor    # fraction of samples with D(f(x), f(x~)) < delta (Definition 1)
+    x_adv: torch.Tensor         # the perturbed inputs x~ (detached; the subset's rows)
+    target: torch.Tensor        # y~ = stopgrad(f(x)) + z (all rows)
+    radius: torch.Tensor        # eps per perturbed sample [k] (float32; eps_i with "auto")
+    perturbation: torch.Tensor  # mean_i ||x~_i - x_i|| / ||x_i||
+    output_change: torch.Tensor  # mean_i mean_j |f(x~)_ij - f(x)_ij| / dy
+    index: Optional[torch.Tensor] = None  # rows of the batch in x_adv (subset), None = all
+    features: Optional[torch.Tensor] = None  # what the clean call returned next to pred (`call`)
+
+
+def widths(value, name):
+    """A positive number (float), or a sequence of them (tuple: one per output dimension)."""
+    if isinstance(value, (tuple, list, torch.Tensor)):
+        vals = value.tolist() if isinstance(value, torch.Tensor) else list(value)
+        if not isinstance(vals, list):   # a 0-d tensor: one number
+            return require_positive(vals, name)
+        if not vals:
+            raise ValueError(f"{name} must be a number or a non-empty sequence of numbers, got "
+                             f"{value!r}")
+        vals = tuple(require_positive(v, f"{name}[{k}]") for k, v in enumerate(vals))
+        return vals[0] if len(vals) == 1 else vals   # one dimension: the scalar rule
+    return require_positive(value, name)
+
+
+def no_donated_buffers():
+    """torch.compile'd backwards compiled inside keep their buffers (retain_graph works)."""
+    import torch._functorch.config as functorch_config   # here: 20 ms of `import ssir_fast`
+    return functorch_config.patch(donated_buffer=False)
+
+
+def input_grad(d1, x_in):
+    """grad of d1 w.r.t. x_in, keeping the graph for the final backward."""
+    try:
+        with no_donated_buffers():   # (a backward compiled lazily, at its first call)
+            return torch.autograd.grad(d1, x_in, retain_graph=True)
+    except RuntimeError as e:
+        if "donated buffers" not in str(e):
+            raise
+        raise RuntimeError(
+            "SSIRLoss: the model's compiled backward donates its buffers, so the clean graph "
+            "cannot be kept for the SSIR steps. It was compiled outside SSIRLoss (SSIRLoss "
+            "compiles its own calls without donated buffers): set "
+            "torch._functorch.config.donated_buffer = False before the first compiled call, or "
+            "let the first training call go through SSIRLoss") from e
+
+
+def draw_subset(rarity, fraction, generator=None, check=True):
+    """k = max(1, round(fraction * N)) distinct row indices (sorted), drawn one after another,
+    each with probability proportional to `rarity` among the rows not drawn yet (successive
+    sampling, `torch.multinomial` without replacement). Rows of rarity 0 are drawn last (a floor
+    of 1e-12 of the largest weight keeps them drawable; all zero: uniform). `check`: refuse NaN,
+    inf and negative weights (one host read; the draw itself reads nothing back)."""
+    rarity = rarity.detach().reshape(-1).float()
+    n = rarity.numel()
+    k = max(1, int(round(fraction * n)))
+    if k >= n:
+        return torch.arange(n, device=rarity.device)
+    if check and not bool((torch.isfinite(rarity) & (rarity >= 0)).all()):
+        raise ValueError("rarity must be finite and >= 0")
+    top = rarity.max()
+    w = rarity + torch.where(top > 0, top * 1e-12, torch.ones_like(top))
+    return torch.multinomial(w, k, replacement=False, generator=generator).sort().values
