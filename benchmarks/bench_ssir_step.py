@@ -10,8 +10,10 @@ torchvision). Providers are timed round robin in one process through `harness.Be
 machine's load hits them alike); each figure is the median over SSIR_BENCH_ROUNDS rounds (default
 7) after one warm-up round; one CPU thread. One row per provider in benchmarks/results.jsonl:
 
-- vanilla: forward + weighted L1 + backward; exact: `SSIRLoss` (2 steps, Algorithm 1); naive: the
-  literal transcription; the fast modes: n_steps=1, subset=0.5 (consistency on half the batch,
+- vanilla: forward + weighted L1 + backward; exact: `SSIRLoss` (2 steps, Algorithm 1), its
+  backward as `res.backward()` (the model's parameters, as the training step; a plain
+  `res.loss.backward()` also forms the clean pass's input gradient, timed once more for
+  n_steps=1 + subset=0.25 as `plain_backward`); naive: the literal transcription; the fast modes: n_steps=1, subset=0.5 (consistency on half the batch,
   rarity-weighted draw), bf16 (steps 2..n under bf16 autocast, the model in fp32; on the GPU case
   the model already runs bf16, so it is the same as exact there), n_steps=1 + subset=0.5,
   n_steps=1 + subset=0.25.
@@ -55,6 +57,10 @@ MODES = {
     "n_steps=1+subset=0.25": dict(n_steps=1, subset=0.25),
 }
 CASES = [("cpu", "mlp"), ("cpu", "cnn"), ("cuda", "resnet50")]
+# the fastest mode once more with a plain `res.loss.backward()` (it also forms the clean pass's
+# input gradient, which nothing reads): what `res.backward()` saves
+PLAIN_MODE = "n_steps=1+subset=0.25"
+PLAIN = "plain_backward"
 
 
 HEAP = os.environ.get("SSIR_BENCH_HEAP", "default")
@@ -145,12 +151,13 @@ def test_ssir_step(benchmark, device, name):
             out = model(x)
         weighted_l1(out.float().squeeze(1), y).backward()
 
-    def ssir_step(loss_fn):
+    def ssir_step(loss_fn, plain=False):
         def step():
             model.zero_grad(set_to_none=True)
             with amp:
                 res = loss_fn(model, x, y)
-            res.loss.backward()
+            # res.backward(): the model's parameters only, as the training step's backward
+            res.loss.backward() if plain else res.backward()
         return step
 
     def naive():
@@ -163,7 +170,8 @@ def test_ssir_step(benchmark, device, name):
     common = dict(bin_width=1.0, epsilon=1e-3, lam=0.1, bins=bins, bin_counts=counts,
                   validate=False)
     providers = {mode: ssir_step(SSIRLoss(**common, **kw)) for mode, kw in MODES.items()}
-    providers = {"exact": providers.pop("exact"), "vanilla": vanilla, "naive": naive, **providers}
+    providers = {"exact": providers.pop("exact"), "vanilla": vanilla, "naive": naive, **providers,
+                 PLAIN: ssir_step(SSIRLoss(**common, **MODES[PLAIN_MODE]), plain=True)}
     b = Bench(benchmark, f"ssir_step/{name}/{device}", device, batch=list(x.shape), model=name,
               heap=HEAP)
     ts = b.cases(providers, repeats=ROUNDS, warmup=1)
@@ -183,10 +191,15 @@ def test_ssir_step(benchmark, device, name):
           f"forward {t_fwd * 1e3:.1f}, input backward {t_in_bwd * 1e3:.1f}, full backward {t_full_bwd * 1e3:.1f} ms")
     print(f"{'mode':24s} {'x vanilla':>9s} {'model':>6s} {'overhead':>8s} {'(fastest)':>9s} "
           f"{'/ floor':>7s}")
+    plain = t[PLAIN] / t["vanilla"]
+    per_mode.update(plain_backward_over_vanilla=plain,
+                    plain_backward_overhead=plain / cost_model(**MODES[PLAIN_MODE]))
     for mode in MODES:
         print(f"{mode:24s} {per_mode[f'{mode}_over_vanilla']:9.2f} {per_mode[f'{mode}_model']:6.2f} "
               f"{per_mode[f'{mode}_overhead']:8.2f} {per_mode[f'{mode}_overhead_best']:9.2f} "
               f"{per_mode[f'{mode}_over_floor']:7.2f}")
+    print(f"{'  the same, loss.backward()':24s} {plain:9.2f} {cost_model(**MODES[PLAIN_MODE]):6.2f} "
+          f"{per_mode['plain_backward_overhead']:8.2f}")
     b.finish(rounds=ROUNDS, **{f"{mode}_ms": v * 1e3 for mode, v in t.items()}, **per_mode,
              naive_over_vanilla=t["naive"] / t["vanilla"], forward_ms=t_fwd * 1e3,
              input_backward_ms=t_in_bwd * 1e3, full_backward_ms=t_full_bwd * 1e3,

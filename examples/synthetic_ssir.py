@@ -53,7 +53,7 @@ def train(use_ssir, x, y, epochs, seed):
             opt.zero_grad()
             if use_ssir:
                 res = loss_fn(model, x[b], y[b])
-                res.loss.backward()
+                res.backward()
                 sim.append(float(res.similarity))
             else:
                 weighted_l1(model(x[b]).squeeze(1), y[b]).backward()

@@ -33,8 +33,13 @@ __all__ = ["weighted_l1", "weighted_mse", "weighted_huber", "distance_per_sample
 def _at_least_fp32(pred, y):
     """pred and y in their common dtype, at least float32: a bf16/fp16 prediction under autocast
     is widened, the labels keep their precision (never rounded to the prediction's dtype)."""
+    if pred.dtype == y.dtype and pred.dtype in _WIDE:   # the common case: nothing to convert
+        return pred, y
     acc = torch.promote_types(torch.promote_types(pred.dtype, y.dtype), torch.float32)
     return pred.to(acc), y.to(acc)
+
+
+_WIDE = (torch.float32, torch.float64)
 
 
 def _elementwise(kind, pred, y, beta=1.0):
@@ -58,6 +63,8 @@ LOSSES = ("l1", "mse", "huber", "focal-l1", "focal-mse", "bmc", "gai", "bni")
 def distance_per_sample(kind, a, b, beta=1.0):
     """D(a_i, b_i) averaged over every non-batch element: returns shape [N]."""
     d = _elementwise(kind, a, b, beta)
+    if d.dim() > 1 and d.numel() == d.shape[0]:   # [N, 1]: the mean of one element is itself
+        return d.reshape(d.shape[0])
     return d.reshape(d.shape[0], -1).mean(dim=1) if d.dim() > 1 else d
 
 

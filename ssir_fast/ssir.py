@@ -196,10 +196,9 @@ class SSIRLoss(torch.nn.Module):
         return self._constants_on[key]
 
     def _dist(self, a, b, distance=None):
-        # fp32 at least (bf16/fp16 outputs under autocast), fp64 kept for fp64 models.
-        dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-        return distance_per_sample(distance or self.distance, a.to(dtype), b.to(dtype),
-                                   self.huber_beta)
+        # fp32 at least (bf16/fp16 outputs under autocast), fp64 kept for fp64 models: the
+        # distances widen their inputs themselves.
+        return distance_per_sample(distance or self.distance, a, b, self.huber_beta)
 
     def _per_dim(self, name, ref):
         """`bin_width` or `delta` as a multiplier of ref [N, D]: the float itself, or the per-dim
@@ -218,8 +217,9 @@ class SSIRLoss(torch.nn.Module):
         if not is_vector(adv):
             if isinstance(self.delta, tuple) or isinstance(self.bin_width, tuple):
                 self._per_dim("delta", ref)   # per-dimension values need [N, D]: a clear error
-            return (self._dist(adv, ref, "l1").mean() / self.bin_width,
-                    self._dist(adv, ref) < self.delta)
+            l1 = self._dist(adv, ref, "l1")
+            d = l1 if self.distance == "l1" else self._dist(adv, ref)
+            return l1.mean() / self.bin_width, d < self.delta
         dtype = torch.promote_types(torch.promote_types(adv.dtype, ref.dtype), torch.float32)
         adv, ref = adv.to(dtype), ref.to(dtype)
         change = ((adv - ref).abs() / self._per_dim("bin_width", ref)).mean()
@@ -397,4 +397,6 @@ class SSIRLoss(torch.nn.Module):
         return SSIRResult(loss=loss, pred=pred, supervised=supervised, consistency=consistency,
                           similarity=similarity, x_adv=x_adv, target=y_tilde, radius=radius,
                           perturbation=perturbation, output_change=change,
-                          index=index, features=features)
+                          index=index, features=features,
+                          owners=tuple(m for m in (model, self.base_loss)
+                                       if isinstance(m, torch.nn.Module)))

@@ -1,7 +1,7 @@
 """The pieces of one SSIR step around `SSIRLoss` (ssir.py): what a step returns (`SSIRResult`),
 the step-1 input gradient taken from the clean graph without giving it up, the per-dimension
 widths of vector targets, and the rarity-proportional subset draw of the fast mode."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -26,6 +26,19 @@ class SSIRResult:
     output_change: torch.Tensor  # mean_i mean_j |f(x~)_ij - f(x)_ij| / dy
     index: Optional[torch.Tensor] = None  # rows of the batch in x_adv (subset), None = all
     features: Optional[torch.Tensor] = None  # what the clean call returned next to pred (`call`)
+    # the modules whose parameters `backward()` differentiates (the model, a learnable base loss)
+    owners: tuple = field(default=(), repr=False)
+
+    def backward(self, inputs=None):
+        """`loss.backward()` for the trained parameters only: `inputs` (default: every parameter
+        of the model, and of `base_loss` if it is a module, that requires grad). Step 1 took the
+        input gradient of the clean pass from the same graph, so a plain `loss.backward()` also
+        forms d loss / d x there (the first layer's input-gradient product), which nothing reads;
+        naming the parameters skips it. A leaf outside those modules that should get a gradient
+        goes in `inputs`."""
+        if inputs is None:
+            inputs = [p for m in self.owners for p in m.parameters() if p.requires_grad]
+        self.loss.backward(inputs=list(inputs) or None)
 
 
 def widths(value, name):
@@ -42,10 +55,21 @@ def widths(value, name):
     return require_positive(value, name)
 
 
-def no_donated_buffers():
-    """torch.compile'd backwards compiled inside keep their buffers (retain_graph works)."""
-    import torch._functorch.config as functorch_config   # here: 20 ms of `import ssir_fast`
-    return functorch_config.patch(donated_buffer=False)
+class no_donated_buffers:
+    """torch.compile'd backwards compiled inside keep their buffers (retain_graph works). The
+    flag set and put back by hand: `config.patch` costs ~30 us, twice per SSIR step."""
+
+    def __enter__(self):
+        import torch._functorch.config as functorch_config   # here: 20 ms of `import ssir_fast`
+        self.config, self.before = functorch_config, functorch_config.donated_buffer
+        if self.before:
+            functorch_config.donated_buffer = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.before:
+            self.config.donated_buffer = self.before
+        return False
 
 
 def input_grad(d1, x_in):

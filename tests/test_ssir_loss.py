@@ -516,3 +516,22 @@ def test_donated_buffer_error_names_the_fix(monkeypatch):
     monkeypatch.setattr(ssir_module.torch.autograd, "grad", refuse)
     with pytest.raises(RuntimeError, match="donated_buffer = False"):
         SSIRLoss()(nn.Linear(3, 1), torch.randn(4, 3), torch.randn(4))
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_no_donated_buffers_sets_and_restores_the_flag(before):
+    # inside: off; after the block, even one left by an exception, the caller's value again
+    import torch._functorch.config as functorch_config
+    from ssir_fast.ssir_step import no_donated_buffers
+    saved = functorch_config.donated_buffer
+    functorch_config.donated_buffer = before
+    try:
+        with no_donated_buffers():
+            assert functorch_config.donated_buffer is False
+        assert functorch_config.donated_buffer is before
+        with pytest.raises(KeyError):
+            with no_donated_buffers():
+                raise KeyError("x")
+        assert functorch_config.donated_buffer is before
+    finally:
+        functorch_config.donated_buffer = saved

@@ -133,3 +133,63 @@ def test_step_reads_nothing_back_from_the_device(kw):
     res.loss.backward()
     assert res.loss.device.type == "meta"
     assert all(p.grad is not None for p in model.parameters())
+
+
+class _CountBackward(torch.autograd.Function):
+    """Identity at the model's input that counts how often its backward runs."""
+    calls = []
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        _CountBackward.calls.append(1)
+        return g
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(n_steps=1, subset=0.25)])
+def test_result_backward_forms_no_clean_input_gradient(kw):
+    # res.backward() differentiates the model's (and a module base loss's) parameters only: the
+    # input-gradient pass through the clean graph runs for step 1 and for step 2 (autograd.grad)
+    # and not again in the final backward; every parameter gradient equals a plain backward's.
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+
+        def forward(self, x):
+            return self.body(_CountBackward.apply(x))
+
+    class Scaled(nn.Module):   # a learnable base loss: its parameter gets its gradient too
+        def __init__(self):
+            super().__init__()
+            self.s = nn.Parameter(torch.tensor(1.5))
+
+        def forward(self, pred, y, weight=None):
+            return self.s * (pred - y).abs().mean()
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    runs = []
+    for plain in (True, False):
+        torch.manual_seed(1)
+        net, base = Net().double(), Scaled().double()
+        loss_fn = SSIRLoss(bin_width=1.0, epsilon=0.1, lam=0.5, base_loss=base, **kw)
+        _CountBackward.calls.clear()
+        torch.manual_seed(2)
+        res = loss_fn(net, x, y)
+        before = len(_CountBackward.calls)
+        res.loss.backward() if plain else res.backward()
+        runs.append((len(_CountBackward.calls) - before,
+                     [p.grad.clone() for p in [*net.parameters(), base.s]]))
+    (plain_calls, plain_grads), (calls, grads) = runs
+    assert plain_calls == 1 and calls == 0
+    for a, b in zip(plain_grads, grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # a leaf named in `inputs` is all that gets a gradient
+    net = Net().double()
+    res = SSIRLoss(bin_width=1.0, epsilon=0.1)(net, x, y)
+    res.backward(inputs=[net.body[0].weight])
+    assert net.body[0].weight.grad is not None and net.body[2].weight.grad is None

@@ -23,15 +23,15 @@ to <out>/results.jsonl; finished (data, method, seed) runs are skipped, so an in
 continues where it stopped. The tables (mean ± std over seeds, and the paired difference of
 each SSIR variant to its base method) go to <out>/results.md.
 """
-import argparse
-import contextlib
-import io
 import json
 import os
 import sys
-import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import study_runner  # noqa: E402  (tools/ is no package)
+from study_runner import mean_std  # noqa: E402
 
 SETTINGS = {
     # the default preset (cnn width 16, 16 px, batch 128, Adam 1e-3, L1), shorter: 2,500 training
@@ -79,41 +79,20 @@ def write_tabular(name, folder):
     return path
 
 
-def done_keys(path):
-    if not os.path.isfile(path):
-        return set(), []
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    return {(r["data"], r["method"], r["seed"]) for r in rows}, rows
-
 
 def run_one(data, method, seed, out):
-    from ssir_fast.train.config import make_config
-    from ssir_fast.train.trainer import train
-    values = dict(SETTINGS[data])
+    values = dict(SETTINGS[data], **METHODS[method])
     if data in TABULAR:
         values["data_root"] = write_tabular(data, os.path.join(out, "data"))
-    values.update(METHODS[method], seed=seed, progress=False, plots=False, threads=1,
-                  overwrite=True,   # a point left unfinished is trained again
-                  out=os.path.join(out, "runs", data, method.replace(" ", "").replace("+", "_")
-                                   + f"-s{seed}"))
-    cfg = make_config(values)
-    log = io.StringIO()
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(log):
-        res = train(cfg, log=lambda *a: print(*a, file=log))
-    hist = [json.loads(line) for line in open(os.path.join(cfg.out, "metrics.jsonl"))]
-    row = {"data": data, "method": method, "seed": seed, "seconds": time.perf_counter() - t0,
+    res, folder, seconds = study_runner.train_point(values, data, method, seed, out)
+    hist = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
+    row = {"data": data, "method": method, "seed": seed, "seconds": seconds,
            "best_epoch": res.get("best_epoch"),
            **{f"{g}_{m}": res[g][m] for g in GROUPS for m in ("mae", "gm", "count")}}
     for k in ("similarity", "perturbation", "output_change", "images_per_s"):
         if k in hist[-1]:
             row[k] = float(np.mean([h[k] for h in hist]))
     return row
-
-
-def _ms(v):
-    v = np.asarray([np.nan if x is None else x for x in v], float)
-    return float(np.nanmean(v)), float(np.nanstd(v))
 
 
 def base_of(method):
@@ -143,7 +122,7 @@ def report(rows, seeds):
             rs = [r for r in mine if r["method"] == m]
             if not rs:
                 continue
-            cells = [f"{a:.3f} ± {b:.3f}" for a, b in (_ms([r[k] for r in rs]) for k in
+            cells = [f"{a:.3f} ± {b:.3f}" for a, b in (mean_std([r[k] for r in rs]) for k in
                                                      ("all_mae", "few_mae", "all_gm", "few_gm"))]
             base = base_of(m)
             for k in ("few_mae", "all_mae"):
@@ -153,54 +132,22 @@ def report(rows, seeds):
                     cells.append("")
                     continue
                 d = np.array([a - b for a, b in pairs], float)
-                spread = max(_ms([r[k] for r in rs])[1],
-                             _ms([by[(base, s)][k] for s in range(seeds) if (base, s) in by])[1])
+                spread = max(mean_std([r[k] for r in rs])[1],
+                             mean_std([by[(base, s)][k] for s in range(seeds) if (base, s) in by])[1])
                 mark = " **beyond std**" if abs(d.mean()) > spread else ""
                 cells.append(f"{d.mean():+.3f} ± {d.std():.3f}{mark}")
             for k, fmt in (("similarity", "{:.3f}"), ("perturbation", "{:.1e}"),
                            ("output_change", "{:.3f}")):
-                cells.append(fmt.format(_ms([r.get(k) for r in rs])[0]) if k in rs[0] else "")
-            cells.append(f"{_ms([r['seconds'] for r in rs])[0]:.0f}")
+                cells.append(fmt.format(mean_std([r.get(k) for r in rs])[0]) if k in rs[0] else "")
+            cells.append(f"{mean_std([r['seconds'] for r in rs])[0]:.0f}")
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="runs/ssir_study")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--data", default=",".join(SETTINGS), help="comma-separated data sets")
-    p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
-    p.add_argument("--report", action="store_true", help="only write the tables")
-    a = p.parse_args(argv)
-    os.makedirs(a.out, exist_ok=True)
-    path = os.path.join(a.out, "results.jsonl")
-    datas = [d for d in a.data.split(",") if d]
-    methods = list(METHODS) if a.methods is None else a.methods.split(",")
-    for m in methods:
-        if m not in METHODS:
-            p.error(f"unknown method {m!r} (have {list(METHODS)})")
-    if not a.report:
-        os.environ.setdefault("SSIR_FAST_DATA", os.path.join(a.out, "data"))
-        done, _ = done_keys(path)
-        # seed-major: an interrupted study has every method at the first seeds
-        todo = [(d, m, s) for s in range(a.seeds) for d in datas for m in methods
-                if (d, m, s) not in done]
-        t_start = time.perf_counter()
-        for i, (d, m, s) in enumerate(todo):
-            row = run_one(d, m, s, a.out)
-            with open(path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"[{i + 1}/{len(todo)} {time.perf_counter() - t_start:.0f} s] {d} {m} seed {s}: "
-                  f"all MAE {row['all_mae']:.3f} few MAE {row['few_mae']:.3f} "
-                  f"({row['seconds']:.1f} s)", flush=True)
-    _, rows = done_keys(path)
-    table = report(rows, a.seeds)
-    with open(os.path.join(a.out, "results.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
-    return 0
+    return study_runner.main(argv, __doc__, "runs/ssir_study", 5, SETTINGS, METHODS,
+                             run_one, report)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,15 @@ seeds of the joint shot groups' MAE (mean over the dimensions), the Euclidean er
 dimension's MAE on its own bins and marginal counts; "—" where that group has no test sample)
 go to <out>/results.md.
 """
-import argparse
-import contextlib
-import io
 import json
 import os
 import sys
-import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import study_runner  # noqa: E402  (tools/ is no package)
+from study_runner import mean_std  # noqa: E402
 
 SETTINGS = {
     # the default2d preset (cnn width 16, 16 px, batch 128, Adam 1e-3, L1), shorter
@@ -74,30 +74,14 @@ def write_diamonds(folder, rows=6000, seed=0, source=None):
     return path
 
 
-def done_keys(path):
-    if not os.path.isfile(path):
-        return set(), []
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    return {(r["data"], r["method"], r["seed"]) for r in rows}, rows
-
 
 def run_one(data, method, seed, out):
-    from ssir_fast.train.config import make_config
-    from ssir_fast.train.trainer import train
-    values = dict(SETTINGS[data])
+    values = dict(SETTINGS[data], **METHODS[method])
     if data == "diamonds":
         values["data_root"] = write_diamonds(os.path.join(out, "data"))
-    values.update(METHODS[method], seed=seed, progress=False, plots=False, threads=1,
-                  overwrite=True,
-                  out=os.path.join(out, "runs", data, method.replace(" ", "").replace("+", "_")
-                                   + f"-s{seed}"))
-    cfg = make_config(values)
-    log = io.StringIO()
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(log):
-        res = train(cfg, log=lambda *a: print(*a, file=log))
-    summary = json.load(open(os.path.join(cfg.out, "summary.json")))
-    row = {"data": data, "method": method, "seed": seed, "seconds": time.perf_counter() - t0,
+    res, folder, seconds = study_runner.train_point(values, data, method, seed, out)
+    summary = json.load(open(os.path.join(folder, "summary.json")))
+    row = {"data": data, "method": method, "seed": seed, "seconds": seconds,
            "best_epoch": res.get("best_epoch"),
            **{f"{g}_{m}": res[g][m] for g in GROUPS for m in ("mae", "l2", "count")}}
     for k, dim in enumerate(summary.get("dims", [])):
@@ -106,14 +90,7 @@ def run_one(data, method, seed, out):
     return row
 
 
-def _ms(v):
-    v = np.asarray([np.nan if x is None else x for x in v], float)
-    if np.isnan(v).all():   # a group with no test sample in every run
-        return float("nan"), float("nan")
-    return float(np.nanmean(v)), float(np.nanstd(v))
-
-
-def report(rows):
+def report(rows, seeds=None):
     """Markdown tables per data set: mean ± std over seeds."""
     out = []
     keys = ("all_mae", "many_mae", "medium_mae", "few_mae", "all_l2", "few_l2",
@@ -134,50 +111,16 @@ def report(rows):
             if not rs:
                 continue
             cells = ["—" if a != a else f"{a:.3f} ± {b:.3f}"   # no test sample in the group
-                     for a, b in (_ms([r.get(k) for r in rs]) for k in keys)]
-            cells.append(f"{_ms([r['seconds'] for r in rs])[0]:.0f}")
+                     for a, b in (mean_std([r.get(k) for r in rs]) for k in keys)]
+            cells.append(f"{mean_std([r['seconds'] for r in rs])[0]:.0f}")
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="runs/vector_study")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--data", default=",".join(SETTINGS), help="comma-separated data sets")
-    p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
-    p.add_argument("--report", action="store_true", help="only write the tables")
-    a = p.parse_args(argv)
-    os.makedirs(a.out, exist_ok=True)
-    path = os.path.join(a.out, "results.jsonl")
-    datas = [d for d in a.data.split(",") if d]
-    for d in datas:
-        if d not in SETTINGS:
-            p.error(f"unknown data set {d!r} (have {list(SETTINGS)})")
-    methods = list(METHODS) if a.methods is None else a.methods.split(",")
-    for m in methods:
-        if m not in METHODS:
-            p.error(f"unknown method {m!r} (have {list(METHODS)})")
-    if not a.report:
-        os.environ.setdefault("SSIR_FAST_DATA", os.path.join(a.out, "data"))
-        done, _ = done_keys(path)
-        todo = [(d, m, s) for s in range(a.seeds) for d in datas for m in methods
-                if (d, m, s) not in done]
-        t_start = time.perf_counter()
-        for i, (d, m, s) in enumerate(todo):
-            row = run_one(d, m, s, a.out)
-            with open(path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"[{i + 1}/{len(todo)} {time.perf_counter() - t_start:.0f} s] {d} {m} seed {s}: "
-                  f"all MAE {row['all_mae']:.3f} few MAE {row['few_mae']:.3f} "
-                  f"({row['seconds']:.1f} s)", flush=True)
-    _, rows = done_keys(path)
-    table = report(rows)
-    with open(os.path.join(a.out, "results.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
-    return 0
+    return study_runner.main(argv, __doc__, "runs/vector_study", 3, SETTINGS, METHODS,
+                             run_one, report)
 
 
 if __name__ == "__main__":
