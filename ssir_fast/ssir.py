@@ -50,12 +50,12 @@ import torch
 
 from ._batchnorm import batchnorm_layers, batchnorm_passes
 from ._state import RngSnapshot, scratch_buffers
-from .losses import DISTANCES, _elementwise, check_weight, distance_per_sample, is_vector, \
-    weighted_l1
+from .losses import DISTANCES, _elementwise, distance_per_sample, is_vector, weighted_l1
 from .ops import perturb
 from .ops.perturb import clip_bound
 from .ops._common import require_finite_nonneg, require_positive
-from .ssir_step import SSIRResult, draw_subset, input_grad, no_donated_buffers, widths
+from .ssir_step import SSIRResult, check_outputs, draw_subset, input_grad, no_donated_buffers, \
+    warn_emulated_cpu, widths
 
 __all__ = ["SSIRLoss", "SSIRResult", "scratch_buffers", "draw_subset"]
 
@@ -228,28 +228,6 @@ class SSIRLoss(torch.nn.Module):
         d = _elementwise(self.distance, adv, ref, self.huber_beta)
         return change, (d < self._per_dim("delta", ref)).all(dim=1)
 
-    def _check(self, x, y, pred, noise, weight):
-        if not isinstance(pred, torch.Tensor):
-            raise TypeError(f"SSIRLoss: the model returned a {type(pred).__name__}; it must "
-                            f"return the prediction tensor (for a model that returns more, pass "
-                            f"call=lambda x, rows, clean: (prediction, features))")
-        if y.numel() != pred.numel():
-            raise ValueError(f"y has {y.numel()} elements but the model's output has shape "
-                             f"{tuple(pred.shape)}")
-        if y.dim() > 0 and y.shape[0] != pred.shape[0]:
-            # same size, different batch: reshaping would pair labels with the wrong samples
-            raise ValueError(f"y has shape {tuple(y.shape)} but the model's output has shape "
-                             f"{tuple(pred.shape)}: y needs one row per sample ({pred.shape[0]})")
-        if self.validate and not bool(torch.isfinite(y).all() & torch.isfinite(x).all()):
-            if not bool(torch.isfinite(y).all()):
-                raise ValueError("y contains NaN or inf labels")
-            raise ValueError("x contains NaN or inf inputs (the perturbation would be NaN)")
-        if noise is not None and noise.shape != pred.shape:
-            raise ValueError(f"noise must have the shape of the model's output "
-                             f"{tuple(pred.shape)}, got {tuple(noise.shape)}")
-        if weight is not None:
-            check_weight(weight, pred, self.validate)
-
     @contextlib.contextmanager
     def _context(self, model, rng, layers, mode, stats):
         """Context for a perturbation pass: BatchNorm run the `mode` way (`ssir_fast._batchnorm`),
@@ -275,7 +253,7 @@ class SSIRLoss(torch.nn.Module):
         if getattr(self.bins, "vector", False):   # a grid: one flat bin per row [N, D]
             return table[self.bins.index(y.detach().reshape(n, self.bins.dim))].float()
         r = table[self.bins.index(y.detach().reshape(n, -1))]
-        return r.mean(dim=1).float()
+        return (r.reshape(n) if r.shape[1] == 1 else r.mean(dim=1)).float()
 
     def radius(self, g):
         """The perturbation radius: epsilon, or with "auto" eps_i = rho * delta / ||g_i|| (0 where
@@ -293,6 +271,9 @@ class SSIRLoss(torch.nn.Module):
     def _fast(self, device):
         if self.perturb_autocast is None:
             return contextlib.nullcontext()
+        if device.type == "cpu" and not getattr(self, "_cpu_checked", False):
+            self._cpu_checked = True
+            warn_emulated_cpu(self.perturb_autocast)
         return torch.autocast(device.type, dtype=self.perturb_autocast)
 
     def forward(self, model, x, y, weight=None, noise=None, rarity=None,
@@ -337,7 +318,7 @@ class SSIRLoss(torch.nn.Module):
         with batchnorm_passes(layers, "record" if subset else None, bn_stats), \
                 no_donated_buffers():
             pred, features = call(x_in, None, True)
-        self._check(x, y, pred, noise, weight)
+        check_outputs(x, y, pred, noise, weight, self.validate)
         # The supervised loss in at least float32 with the labels in their own precision: under
         # bf16 autocast, casting y to pred's dtype would round 301 to 300.
         acc = torch.promote_types(torch.promote_types(pred.dtype, y.dtype), torch.float32)
@@ -400,3 +381,4 @@ class SSIRLoss(torch.nn.Module):
                           index=index, features=features,
                           owners=tuple(m for m in (model, self.base_loss)
                                        if isinstance(m, torch.nn.Module)))
+

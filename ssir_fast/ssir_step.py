@@ -1,14 +1,19 @@
 """The pieces of one SSIR step around `SSIRLoss` (ssir.py): what a step returns (`SSIRResult`),
 the step-1 input gradient taken from the clean graph without giving it up, the per-dimension
-widths of vector targets, and the rarity-proportional subset draw of the fast mode."""
+widths of vector targets, the rarity-proportional subset draw of the fast mode, the checks of
+what the clean pass returned, and the warning for bf16 passes on a CPU that emulates them."""
 from dataclasses import dataclass, field
 from typing import Optional
 
+import warnings
+
 import torch
 
+from .losses import check_weight
 from .ops._common import require_positive
 
-__all__ = ["SSIRResult", "widths", "no_donated_buffers", "input_grad", "draw_subset"]
+__all__ = ["SSIRResult", "widths", "no_donated_buffers", "input_grad", "draw_subset",
+           "check_outputs", "warn_emulated_cpu"]
 
 
 @dataclass
@@ -102,5 +107,53 @@ def draw_subset(rarity, fraction, generator=None, check=True):
     if check and not bool((torch.isfinite(rarity) & (rarity >= 0)).all()):
         raise ValueError("rarity must be finite and >= 0")
     top = rarity.max()
-    w = rarity + torch.where(top > 0, top * 1e-12, torch.ones_like(top))
+    w = rarity + torch.where(top > 0, top * 1e-12, 1.0)
     return torch.multinomial(w, k, replacement=False, generator=generator).sort().values
+
+
+def check_outputs(x, y, pred, noise, weight, validate):
+    """What the clean pass returned against the labels, noise and weights of the step (the
+    values of y, x and weight read only with `validate`: a host read)."""
+    if not isinstance(pred, torch.Tensor):
+        raise TypeError(f"SSIRLoss: the model returned a {type(pred).__name__}; it must "
+                        f"return the prediction tensor (for a model that returns more, pass "
+                        f"call=lambda x, rows, clean: (prediction, features))")
+    if y.numel() != pred.numel():
+        raise ValueError(f"y has {y.numel()} elements but the model's output has shape "
+                         f"{tuple(pred.shape)}")
+    if y.dim() > 0 and y.shape[0] != pred.shape[0]:
+        # same size, different batch: reshaping would pair labels with the wrong samples
+        raise ValueError(f"y has shape {tuple(y.shape)} but the model's output has shape "
+                         f"{tuple(pred.shape)}: y needs one row per sample ({pred.shape[0]})")
+    if validate and not bool(torch.isfinite(y).all() & torch.isfinite(x).all()):
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("y contains NaN or inf labels")
+        raise ValueError("x contains NaN or inf inputs (the perturbation would be NaN)")
+    if noise is not None and noise.shape != pred.shape:
+        raise ValueError(f"noise must have the shape of the model's output "
+                         f"{tuple(pred.shape)}, got {tuple(noise.shape)}")
+    if weight is not None:
+        check_weight(weight, pred, validate)
+
+
+def _native_cpu_kernels(dtype):
+    """Whether oneDNN has matrix kernels for `dtype` on this CPU (AVX512 / AVX512-BF16 / AMX);
+    True where torch cannot tell."""
+    check = {torch.bfloat16: "_is_mkldnn_bf16_supported",
+             torch.float16: "_is_mkldnn_fp16_supported"}[dtype]
+    try:
+        return bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def warn_emulated_cpu(dtype):
+    """perturb_autocast on a CPU without oneDNN kernels for `dtype`: the "fast" passes run
+    emulated and cost several times fp32's (measured 8x on the benchmark MLP on an AVX2 CPU).
+    Said once per loss."""
+    if not _native_cpu_kernels(dtype):
+        warnings.warn(f"SSIRLoss(perturb_autocast={dtype}): this CPU has no native {dtype} "
+                      f"matrix kernels ({torch.backends.cpu.get_cpu_capability()}), so the "
+                      f"perturbation passes run emulated, slower than float32; the option is "
+                      f"meant for GPUs and CPUs with AVX512 (BF16) or AMX", RuntimeWarning,
+                      stacklevel=6)   # the caller of SSIRLoss(...)(model, x, y)

@@ -535,3 +535,22 @@ def test_no_donated_buffers_sets_and_restores_the_flag(before):
         assert functorch_config.donated_buffer is before
     finally:
         functorch_config.donated_buffer = saved
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_passes_on_a_cpu_without_bf16_kernels_warn_once(native, monkeypatch):
+    # emulated bf16 matrix kernels make the "fast" passes slower than fp32: said once per loss,
+    # nothing said where the CPU has them
+    import warnings
+    import ssir_fast.ssir_step as step_module
+    monkeypatch.setattr(step_module, "_native_cpu_kernels", lambda dtype: native)
+    loss_fn = SSIRLoss(epsilon=0.1, perturb_autocast=torch.bfloat16)
+    model, x, y = nn.Linear(3, 1), torch.randn(4, 3), torch.randn(4)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        loss_fn(model, x, y)
+        loss_fn(model, x, y)
+    said = [w for w in seen if "no native" in str(w.message)]
+    assert len(said) == (0 if native else 1)
+    if said:
+        assert "perturb_autocast=torch.bfloat16" in str(said[0].message)
