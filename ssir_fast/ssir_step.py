@@ -93,12 +93,13 @@ def input_grad(d1, x_in):
             "let the first training call go through SSIRLoss") from e
 
 
-def draw_subset(rarity, fraction, generator=None, check=True):
+def draw_subset(rarity, fraction, generator=None, check=True, floor=True):
     """k = max(1, round(fraction * N)) distinct row indices (sorted), drawn one after another,
     each with probability proportional to `rarity` among the rows not drawn yet (successive
     sampling, `torch.multinomial` without replacement). Rows of rarity 0 are drawn last (a floor
     of 1e-12 of the largest weight keeps them drawable; all zero: uniform). `check`: refuse NaN,
-    inf and negative weights (one host read; the draw itself reads nothing back)."""
+    inf and negative weights (one host read; the draw itself reads nothing back). `floor=False`
+    for weights known to be positive (bin rarities 1 / max(count, 1)): no floor is added."""
     rarity = rarity.detach().reshape(-1).float()
     n = rarity.numel()
     k = max(1, int(round(fraction * n)))
@@ -106,9 +107,15 @@ def draw_subset(rarity, fraction, generator=None, check=True):
         return torch.arange(n, device=rarity.device)
     if check and not bool((torch.isfinite(rarity) & (rarity >= 0)).all()):
         raise ValueError("rarity must be finite and >= 0")
-    top = rarity.max()
-    w = rarity + torch.where(top > 0, top * 1e-12, 1.0)
-    return torch.multinomial(w, k, replacement=False, generator=generator).sort().values
+    w = rarity
+    if floor:
+        top = rarity.max()
+        w = rarity + torch.where(top > 0, top * 1e-12, 1.0)
+    # torch.multinomial(w, k, replacement=False) written out: its algorithm (the k largest
+    # w_i / q_i, q_i ~ Exp(1): successive sampling), the same random draws and so the same
+    # rows, without its validity checks, which read the data back (two device syncs on a GPU)
+    q = torch.empty_like(w).exponential_(1, generator=generator)
+    return torch.topk(w / q, k).indices.sort().values
 
 
 def check_outputs(x, y, pred, noise, weight, validate):

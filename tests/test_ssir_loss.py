@@ -345,6 +345,20 @@ def test_one_step_equals_hand_written_one_step():
     assert torch.allclose(res.loss, loss, rtol=1e-12)
 
 
+@pytest.mark.parametrize("floor", [True, False])
+def test_subset_draw_takes_the_rows_torch_multinomial_would(floor):
+    # the draw is torch.multinomial's own algorithm written out (without its validity checks,
+    # which read the data back): the same generator state gives the same rows
+    from ssir_fast.ssir import draw_subset
+    for seed in range(50):
+        n = 5 + 13 * seed
+        w = torch.rand(n, generator=torch.Generator().manual_seed(seed)) ** 3 + 1e-3
+        k = max(1, round(0.3 * n))
+        a = torch.multinomial(w, k, generator=torch.Generator().manual_seed(seed)).sort().values
+        b = draw_subset(w, 0.3, torch.Generator().manual_seed(seed), floor=floor)
+        assert torch.equal(a, b), seed
+
+
 def test_subset_draws_follow_the_weights():
     from ssir_fast.ssir import draw_subset
     w = torch.tensor([1.0, 2.0, 3.0, 4.0])
