@@ -51,11 +51,10 @@ import torch
 from ._batchnorm import batchnorm_layers, batchnorm_passes
 from ._state import RngSnapshot, scratch_buffers
 from .losses import DISTANCES, _elementwise, distance_per_sample, is_vector, weighted_l1
-from .ops import perturb
 from .ops.perturb import clip_bound
 from .ops._common import require_finite_nonneg, require_positive
 from .ssir_step import SSIRResult, check_outputs, draw_subset, input_grad, no_donated_buffers, \
-    warn_emulated_cpu, widths
+    perturb_step, warn_emulated_cpu, widths
 
 __all__ = ["SSIRLoss", "SSIRResult", "scratch_buffers", "draw_subset"]
 
@@ -351,7 +350,7 @@ class SSIRLoss(torch.nn.Module):
             x, g = x.index_select(0, index), g.index_select(0, index)
         y_t = y_tilde if index is None else y_tilde.index_select(0, index)
         eps = self.radius(g)
-        x_adv = perturb(x, g, eps, lo, hi)
+        x_adv = perturb_step(x, g, eps, lo, hi)
 
         # Steps 2..n: fresh forward at the current point, input gradient only.
         for _ in range(1, self.n_steps):
@@ -359,7 +358,7 @@ class SSIRLoss(torch.nn.Module):
             with self._context(model, rng_before, layers, mode, bn_stats), self._fast(x.device):
                 dk = self._dist(call(xk, index, False)[0], y_t).sum()
                 (g,) = torch.autograd.grad(dk, xk)
-            x_adv = perturb(x, g, eps, lo, hi)
+            x_adv = perturb_step(x, g, eps, lo, hi)
 
         # Consistency at x~ (parameters get gradients through this graph).
         x_adv = x_adv.detach()

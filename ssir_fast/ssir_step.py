@@ -11,9 +11,10 @@ import torch
 
 from .losses import check_weight
 from .ops._common import require_positive
+from .ops.perturb import perturb, perturb_torch
 
 __all__ = ["SSIRResult", "widths", "no_donated_buffers", "input_grad", "draw_subset",
-           "check_outputs", "warn_emulated_cpu"]
+           "check_outputs", "warn_emulated_cpu", "perturb_step"]
 
 
 @dataclass
@@ -164,3 +165,12 @@ def warn_emulated_cpu(dtype):
                       f"perturbation passes run emulated, slower than float32; the option is "
                       f"meant for GPUs and CPUs with AVX512 (BF16) or AMX", RuntimeWarning,
                       stacklevel=6)   # the caller of SSIRLoss(...)(model, x, y)
+
+
+def perturb_step(x, g, eps, lo, hi):
+    """x~ = clip(x + eps_i g / ||g||) for an SSIR step. Per-sample radii (epsilon="auto") off the
+    CPU take the eager formula: the kernel checks a radius tensor on the host (a device sync per
+    step), and SSIRLoss.radius makes them finite and >= 0 by construction."""
+    if isinstance(eps, torch.Tensor) and x.device.type != "cpu":
+        return perturb_torch(x, g, 1.0, lo, hi, eps)
+    return perturb(x, g, eps, lo, hi)

@@ -119,7 +119,8 @@ def test_subset_step_equals_autograd_through_batchnorm_float64(layer):
         assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(subset=0.5), dict(n_steps=1, subset=0.25)])
+@pytest.mark.parametrize("kw", [dict(), dict(subset=0.5), dict(n_steps=1, subset=0.25),
+                                dict(epsilon="auto"), dict(epsilon="auto", subset=0.5)])
 def test_step_reads_nothing_back_from_the_device(kw):
     # The whole step on the meta device, where any host read (item, bool, tolist) fails: the
     # subset draw's checks, its floor for rows of rarity 0 and the BatchNorm passes read nothing.
@@ -127,7 +128,8 @@ def test_step_reads_nothing_back_from_the_device(kw):
     x = torch.empty(16, 3, 8, 8, device="meta")
     y = torch.empty(16, device="meta")
     bins = LabelBins(0.0, 1.0, 10)
-    loss_fn = SSIRLoss(epsilon=1e-2, validate=False, bins=bins, bin_counts=[3] * 10, **kw)
+    kw = {"epsilon": 1e-2, **kw}
+    loss_fn = SSIRLoss(validate=False, bins=bins, bin_counts=[3] * 10, **kw)
     loss_fn = loss_fn.to("meta")
     res = loss_fn(model, x, y)
     res.loss.backward()
