@@ -16,8 +16,8 @@ machine's load hits them alike); each figure is the median over SSIR_BENCH_ROUND
   n_steps=1 + subset=0.25 as `plain_backward`); minimal: that mode's passes written out with
   nothing else (uniform draw, no clipping, no diagnostics, no state kept, the subset's own
   BatchNorm statistics): what the hardware charges for the passes, against which `SSIRLoss`'s
-  own work shows; naive: the literal transcription; the fast modes: n_steps=1, subset=0.5 (consistency on half the batch,
-  rarity-weighted draw), bf16 (steps 2..n under bf16 autocast, the model in fp32; on the GPU case
+  own work shows; naive: the literal transcription; the fast modes: n_steps=1, subset=0.5
+  (consistency on half the batch, rarity-weighted draw), bf16 (steps 2..n under bf16 autocast, the model in fp32; on the GPU case
   the model already runs bf16, so it is the same as exact there), n_steps=1 + subset=0.5,
   n_steps=1 + subset=0.25.
 - Cost model (forward 1, full backward 2, input-only backward 1; vanilla 3): a step of n steps on
@@ -184,8 +184,8 @@ def test_ssir_step(benchmark, device, name):
         sup = weighted_l1(pred.squeeze(1), y)
         (g,) = torch.autograd.grad((pred - y_t).abs().sum(), x_in, retain_graph=True)
         rows = torch.randperm(x.shape[0], device=x.device)[:k]
-        gk = g[rows].reshape(k, -1)
-        x_adv = x[rows] + (1e-3 * gk / gk.norm(dim=1, keepdim=True)).reshape(x[rows].shape)
+        xk, gk = x[rows], g[rows].reshape(k, -1)
+        x_adv = xk + (1e-3 * gk / gk.norm(dim=1, keepdim=True)).reshape(xk.shape)
         with amp:
             adv = model(x_adv).float()
         (sup + 0.1 * (adv - y_t[rows]).abs().mean()).backward(inputs=params)

@@ -158,11 +158,13 @@ inline void check_args(const Tensor& pred, const Tensor& target, double y_min, d
   }
 }
 
-// Raises unless allow_nonfinite when the table counted NaN/inf pairs. One read of the column
-// (a device sync on CUDA, documented in the Python wrapper).
-inline void check_nonfinite(const Tensor& table, bool allow_nonfinite) {
+// Raises unless allow_nonfinite when column `column` of the table counted NaN/inf entries
+// (`what`: "pairs" or "rows"). One read of the column (a device sync on CUDA, documented in the
+// Python wrappers). Shared by bin_reduce and bin_reduce_nd.
+inline void check_nonfinite_column(const Tensor& table, int64_t column, bool allow_nonfinite,
+                                   const char* op, const char* what) {
   if (allow_nonfinite) return;
-  Tensor col = torch::stable::select(table, 1, N_NONFINITE);
+  Tensor col = torch::stable::select(table, 1, column);
   Tensor host = table.is_cpu() ? contig(col)
                                : torch::stable::to(col, torch::stable::Device(
                                                             torch::headeronly::DeviceType::CPU));
@@ -170,8 +172,12 @@ inline void check_nonfinite(const Tensor& table, bool allow_nonfinite) {
   const double* p = host.const_data_ptr<double>();
   double bad = 0;
   for (int64_t i = 0; i < host.numel(); ++i) bad += p[i];
-  SSIR_CHECK(bad == 0, "bin_reduce: pred or target contains NaN or inf (", static_cast<int64_t>(bad),
-             " pairs); pass allow_nonfinite=True to count and exclude them");
+  SSIR_CHECK(bad == 0, op, ": pred or target contains NaN or inf (", static_cast<int64_t>(bad), " ",
+             what, "); pass allow_nonfinite=True to count and exclude them");
+}
+
+inline void check_nonfinite(const Tensor& table, bool allow_nonfinite) {
+  check_nonfinite_column(table, N_NONFINITE, allow_nonfinite, "bin_reduce", "pairs");
 }
 #endif  // __CUDACC__
 

@@ -169,18 +169,7 @@ inline int64_t check_args(const Tensor& pred, const Tensor& target,
 
 // Raises unless allow_nonfinite when the table counted NaN/inf rows (one read of the column).
 inline void check_nonfinite(const Tensor& table, bool allow_nonfinite) {
-  if (allow_nonfinite) return;
-  Tensor col = torch::stable::select(table, 1, N_NONFINITE);
-  Tensor host = table.is_cpu() ? contig(col)
-                               : torch::stable::to(col, torch::stable::Device(
-                                                            torch::headeronly::DeviceType::CPU));
-  host = contig(host);
-  const double* p = host.const_data_ptr<double>();
-  double bad = 0;
-  for (int64_t i = 0; i < host.numel(); ++i) bad += p[i];
-  SSIR_CHECK(bad == 0, "bin_reduce_nd: pred or target contains NaN or inf (",
-             static_cast<int64_t>(bad), " rows); pass allow_nonfinite=True to count and exclude "
-             "them");
+  bin_reduce::check_nonfinite_column(table, N_NONFINITE, allow_nonfinite, "bin_reduce_nd", "rows");
 }
 #endif  // __CUDACC__
 

@@ -175,6 +175,7 @@ class SSIRLoss(torch.nn.Module):
         self.validate = validate
         self._bounds_on = {}
         self._constants_on = {}
+        self._cpu_checked = False   # perturb_autocast on a CPU: warned once if emulated
 
     # The one conversion of clip bounds, shared with ops.perturb: CPU float32 [] or [C].
     _bound = staticmethod(clip_bound)
@@ -251,11 +252,9 @@ class SSIRLoss(torch.nn.Module):
         table = self._on(y.device, "rarity", lambda: self.bin_rarity.to(y.device))
         if getattr(self.bins, "vector", False):   # a grid: one flat bin per row [N, D]
             return table[self.bins.index(y.detach().reshape(n, self.bins.dim))].float()
-        idx = self.bins.index(y.detach().reshape(n, -1))
-        if idx.shape[1] == 1:   # one label per sample: its bin's rarity
-            return self._on(y.device, "rarity32",
-                            lambda: self.bin_rarity.to(y.device, torch.float32))[idx.reshape(n)]
-        return table[idx].mean(dim=1).float()
+        r = table[self.bins.index(y.detach().reshape(n, -1))]
+        # one label per sample: its bin's rarity; a dense label: the mean over its elements
+        return (r.reshape(n) if r.shape[1] == 1 else r.mean(dim=1)).float()
 
     def radius(self, g):
         """The perturbation radius: epsilon, or with "auto" eps_i = rho * delta / ||g_i|| (0 where
@@ -273,7 +272,7 @@ class SSIRLoss(torch.nn.Module):
     def _fast(self, device):
         if self.perturb_autocast is None:
             return contextlib.nullcontext()
-        if device.type == "cpu" and not getattr(self, "_cpu_checked", False):
+        if device.type == "cpu" and not self._cpu_checked:
             self._cpu_checked = True
             warn_emulated_cpu(self.perturb_autocast)
         return torch.autocast(device.type, dtype=self.perturb_autocast)

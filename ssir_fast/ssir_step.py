@@ -2,10 +2,9 @@
 the step-1 input gradient taken from the clean graph without giving it up, the per-dimension
 widths of vector targets, the rarity-proportional subset draw of the fast mode, the checks of
 what the clean pass returned, and the warning for bf16 passes on a CPU that emulates them."""
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
-
-import warnings
 
 import torch
 
