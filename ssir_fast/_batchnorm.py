@@ -26,9 +26,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = ["batchnorm_layers", "batchnorm_passes"]
 
 
-def batchnorm_layers(model):
-    """The training-mode BatchNorm layers of `model`."""
-    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training]
+def batchnorm_layers(model, modules=None):
+    """The training-mode BatchNorm layers of `model` (`modules`: its modules, already listed)."""
+    return [m for m in (model.modules() if modules is None else modules)
+            if isinstance(m, _BatchNorm) and m.training]
 
 
 class _BatchStats(torch.autograd.Function):

@@ -200,6 +200,13 @@ class SSIRLoss(torch.nn.Module):
         # distances widen their inputs themselves.
         return distance_per_sample(distance or self.distance, a, b, self.huber_beta)
 
+    def _mean_dist(self, a, b):
+        """mean_i D(a_i, b_i); with one output per row the mean of the elementwise distance (the
+        same sum, without the per-row view)."""
+        if a.numel() == a.shape[0]:
+            return _elementwise(self.distance, a, b, self.huber_beta).mean()
+        return self._dist(a, b).mean()
+
     def _per_dim(self, name, ref):
         """`bin_width` or `delta` as a multiplier of ref [N, D]: the float itself, or the per-dim
         tuple as a [D] tensor on ref's device (made once per device and dtype)."""
@@ -217,8 +224,13 @@ class SSIRLoss(torch.nn.Module):
         if not is_vector(adv):
             if isinstance(self.delta, tuple) or isinstance(self.bin_width, tuple):
                 self._per_dim("delta", ref)   # per-dimension values need [N, D]: a clear error
-            l1 = self._dist(adv, ref, "l1")
-            d = l1 if self.distance == "l1" else self._dist(adv, ref)
+            one = adv.numel() == adv.shape[0]   # one output per row: no per-row mean to take
+
+            def dist(kind):
+                return _elementwise(kind, adv, ref, self.huber_beta) if one else \
+                    self._dist(adv, ref, kind)
+            l1 = dist("l1")
+            d = l1 if self.distance == "l1" else dist(self.distance)
             return l1.mean() / self.bin_width, d < self.delta
         dtype = torch.promote_types(torch.promote_types(adv.dtype, ref.dtype), torch.float32)
         adv, ref = adv.to(dtype), ref.to(dtype)
@@ -229,19 +241,42 @@ class SSIRLoss(torch.nn.Module):
         return change, (d < self._per_dim("delta", ref)).all(dim=1)
 
     @contextlib.contextmanager
-    def _context(self, model, rng, layers, mode, stats):
+    def _context(self, buffered, rng, layers, mode, stats):
         """Context for a perturbation pass: BatchNorm run the `mode` way (`ssir_fast._batchnorm`),
-        scratch copies of the buffers the pass may write, replayed RNG."""
+        scratch copies of the buffers the pass may write (`buffered`: the model's modules that
+        have buffers), replayed RNG."""
         with batchnorm_passes(layers, mode, stats) as untouched:
             if not self.preserve_state:
                 yield
                 return
             rng.restore()
             # eval-mode BatchNorm and the layers run without running statistics write no buffer
-            owners = [m for m in model.modules() if m._buffers and m not in untouched and not (
+            owners = [m for m in buffered if m not in untouched and not (
                 isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.training)]
-            with scratch_buffers(model, owners):
+            with scratch_buffers(None, owners):
                 yield
+
+    def _noisy_target(self, ref, noise):
+        """y~ = ref + z: z given (`noise`), drawn from U(-dy, dy) (target="noisy") or 0."""
+        if noise is not None:
+            return ref + noise.to(device=ref.device, dtype=ref.dtype)
+        if self.target != "noisy":
+            return ref
+        width = self._per_dim("bin_width", ref)
+        if isinstance(width, float) and ref.dtype == torch.float32:
+            # one op for (U * 2 - 1) * dy: the same draws and, in float32, the same values (the
+            # kernel forms dy (2U - 1) exactly in float64 and rounds once, as the product does)
+            return torch.empty_like(ref).uniform_(-width, width).add_(ref)
+        return ref + (torch.rand_like(ref) * 2 - 1) * width
+
+    def _step1_grad(self, pred, ref, y_tilde, x_in):
+        """grad_x sum_i D(f(x_i), y~_i) from the clean graph. For L1 and one output per sample
+        the cotangent sign(f(x) - y~) is formed directly (the values autograd would form through
+        the distance, cast to pred's dtype as autograd casts it): 8 ops fewer a step."""
+        if self.distance == "l1" and pred.numel() == pred.shape[0]:
+            cotangent = torch.sign(ref - y_tilde).to(pred.dtype)
+            return input_grad(pred, x_in, cotangent)
+        return input_grad(self._dist(pred, y_tilde).sum(), x_in)
 
     def rarity(self, y):
         """Per-sample rarity: 1 / training count of the label's bin (mean over the elements of a
@@ -249,12 +284,16 @@ class SSIRLoss(torch.nn.Module):
         n = y.shape[0]
         if self.bin_rarity is None:
             return torch.ones(n, device=y.device)
-        table = self._on(y.device, "rarity", lambda: self.bin_rarity.to(y.device))
+        # float32 (as the draw takes it), moved once per device
+        table = self._on(y.device, "rarity", lambda: self.bin_rarity.to(y.device, torch.float32))
         if getattr(self.bins, "vector", False):   # a grid: one flat bin per row [N, D]
-            return table[self.bins.index(y.detach().reshape(n, self.bins.dim))].float()
-        r = table[self.bins.index(y.detach().reshape(n, -1))]
-        # one label per sample: its bin's rarity; a dense label: the mean over its elements
-        return (r.reshape(n) if r.shape[1] == 1 else r.mean(dim=1)).float()
+            return table.index_select(0, self.bins.index(y.detach().reshape(n, self.bins.dim)))
+        idx = self.bins.index(y.detach().reshape(n, -1))
+        if idx.shape[1] == 1:   # one label per sample: its bin's rarity
+            return table.index_select(0, idx.reshape(n))
+        # a dense label: the mean over its elements, in float64 as the table
+        wide = self._on(y.device, "rarity64", lambda: self.bin_rarity.to(y.device))
+        return wide[idx].mean(dim=1).float()
 
     def radius(self, g):
         """The perturbation radius: epsilon, or with "auto" eps_i = rho * delta / ||g_i|| (0 where
@@ -309,7 +348,9 @@ class SSIRLoss(torch.nn.Module):
         subset = self.subset is not None and self.subset < 1
         # BatchNorm once per pass: the clean forward's own statistics (with graph) serve the
         # subset passes; without subset the perturbation passes use their batch's statistics.
-        layers, bn_stats = batchnorm_layers(model), {}
+        modules = list(model.modules())   # one walk a step
+        layers, bn_stats = batchnorm_layers(model, modules), {}
+        buffered = [m for m in modules if m._buffers]
         mode = "use" if subset else "batch"
         if call is None:
             call = lambda inputs, rows, clean: (model(inputs), None)  # noqa: E731
@@ -325,19 +366,12 @@ class SSIRLoss(torch.nn.Module):
             acc = torch.promote_types(torch.promote_types(pred.dtype, y.dtype), torch.float32)
             y = y.reshape(pred.shape).to(acc)
             ref = pred.detach().to(torch.promote_types(pred.dtype, torch.float32))
-            if noise is not None:
-                z = noise.to(device=ref.device, dtype=ref.dtype)
-            elif self.target == "noisy":
-                z = (torch.rand_like(ref) * 2 - 1) * self._per_dim("bin_width", ref)
-            else:
-                z = None
-            y_tilde = ref + z if z is not None and self.target == "noisy" else ref
+            y_tilde = self._noisy_target(ref, noise)
             supervised = self.base_loss(pred.to(acc), y, weight)
             rng_after = RngSnapshot(x.device) if self.preserve_state else None
 
             # Step 1: input gradient from the clean graph (kept for the final backward).
-            d1 = self._dist(pred, y_tilde).sum()
-            (g,) = input_grad(d1, x_in)
+            (g,) = self._step1_grad(pred, ref, y_tilde, x_in)
         index = None
         if subset:
             # rarity from the bins is positive and finite by construction; a given one is checked
@@ -354,28 +388,29 @@ class SSIRLoss(torch.nn.Module):
         # Steps 2..n: fresh forward at the current point, input gradient only.
         for _ in range(1, self.n_steps):
             xk = x_adv.requires_grad_(True)
-            with self._context(model, rng_before, layers, mode, bn_stats), self._fast(x.device):
+            with self._context(buffered, rng_before, layers, mode, bn_stats), self._fast(x.device):
                 dk = self._dist(call(xk, index, False)[0], y_t).sum()
                 (g,) = torch.autograd.grad(dk, xk)
             x_adv = perturb_step(x, g, eps, lo, hi)
 
         # Consistency at x~ (parameters get gradients through this graph).
         x_adv = x_adv.detach()
-        with self._context(model, rng_before, layers, mode, bn_stats):
+        with self._context(buffered, rng_before, layers, mode, bn_stats):
             adv = call(x_adv, index, False)[0]
         if rng_after is not None:
             rng_after.restore()
-        consistency = self._dist(adv, y_t).mean()
+        consistency = self._mean_dist(adv, y_t)
         loss = supervised + self.lam * consistency
         with torch.no_grad():
             ref_t = ref if index is None else ref.index_select(0, index)
             change, similar = self._similar(adv, ref_t)
             similarity = similar.float().mean()
             n = x.shape[0]
-            xf = _f32(x.reshape(n, -1))
-            moved = (_f32(x_adv.reshape(n, -1)) - xf).norm(dim=1)
-            size = xf.norm(dim=1)
-            perturbation = torch.where(size > 0, moved / size.clamp(min=1e-30), moved).mean()
+            xf, xa = (_f32(t if t.dim() == 2 else t.reshape(n, -1)) for t in (x, x_adv))
+            moved = torch.linalg.vector_norm(xa - xf, dim=1)
+            size = torch.linalg.vector_norm(xf, dim=1)
+            # (moved / 0 is inf or NaN in the rows where() does not take)
+            perturbation = torch.where(size > 0, moved / size, moved).mean()
             radius = (eps.float() if isinstance(eps, torch.Tensor)
                       else torch.full((n,), eps, device=x.device))
         return SSIRResult(loss=loss, pred=pred, supervised=supervised, consistency=consistency,

@@ -2,6 +2,7 @@
 the step-1 input gradient taken from the clean graph without giving it up, the per-dimension
 widths of vector targets, the rarity-proportional subset draw of the fast mode, the checks of
 what the clean pass returned, and the warning for bf16 passes on a CPU that emulates them."""
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Optional
@@ -9,7 +10,7 @@ from typing import Optional
 import torch
 
 from .losses import check_weight
-from .ops._common import require_positive
+from .ops._common import require_positive, under_transform, use_kernel
 from .ops.perturb import perturb, perturb_torch
 
 __all__ = ["SSIRResult", "widths", "no_donated_buffers", "input_grad", "draw_subset",
@@ -62,9 +63,14 @@ def widths(value, name):
 
 class no_donated_buffers:
     """torch.compile'd backwards compiled inside keep their buffers (retain_graph works). The
-    flag set and put back by hand: `config.patch` costs ~30 us, twice per SSIR step."""
+    flag set and put back by hand: `config.patch` costs ~30 us, twice per SSIR step. Nothing to
+    do while torch's compiler was never loaded (torch.compile loads it when it wraps a model or
+    function): then nothing in the process is compiled."""
 
     def __enter__(self):
+        self.before = False
+        if "torch._dynamo" not in sys.modules:
+            return self
         import torch._functorch.config as functorch_config   # here: 20 ms of `import ssir_fast`
         self.config, self.before = functorch_config, functorch_config.donated_buffer
         if self.before:
@@ -77,11 +83,12 @@ class no_donated_buffers:
         return False
 
 
-def input_grad(d1, x_in):
-    """grad of d1 w.r.t. x_in, keeping the graph for the final backward."""
+def input_grad(d1, x_in, cotangent=None):
+    """grad of d1 w.r.t. x_in (d1 a scalar, or any output with its `cotangent`), keeping the
+    graph for the final backward. Called inside `no_donated_buffers` (SSIRLoss.forward's scope):
+    a backward compiled lazily, at this first call, keeps its buffers."""
     try:
-        with no_donated_buffers():   # (a backward compiled lazily, at its first call)
-            return torch.autograd.grad(d1, x_in, retain_graph=True)
+        return torch.autograd.grad(d1, x_in, cotangent, retain_graph=True)
     except RuntimeError as e:
         if "donated buffers" not in str(e):
             raise
@@ -100,7 +107,8 @@ def draw_subset(rarity, fraction, generator=None, check=True, floor=True):
     of 1e-12 of the largest weight keeps them drawable; all zero: uniform). `check`: refuse NaN,
     inf and negative weights (one host read; the draw itself reads nothing back). `floor=False`
     for weights known to be positive (bin rarities 1 / max(count, 1)): no floor is added."""
-    rarity = rarity.detach().reshape(-1).float()
+    if rarity.dim() != 1 or rarity.requires_grad or rarity.dtype != torch.float32:
+        rarity = rarity.detach().reshape(-1).float()
     n = rarity.numel()
     k = max(1, int(round(fraction * n)))
     if k >= n:
@@ -170,6 +178,14 @@ def perturb_step(x, g, eps, lo, hi):
     """x~ = clip(x + eps_i g / ||g||) for an SSIR step. Per-sample radii (epsilon="auto") off the
     CPU take the eager formula: the kernel checks a radius tensor on the host (a device sync per
     step), and SSIRLoss.radius makes them finite and >= 0 by construction."""
-    if isinstance(eps, torch.Tensor) and x.device.type != "cpu":
+    radii = isinstance(eps, torch.Tensor)
+    if radii and x.device.type != "cpu":
         return perturb_torch(x, g, 1.0, lo, hi, eps)
+    if use_kernel(x.device) and not torch.compiler.is_compiling() and not under_transform(x, g):
+        # x and g need no gradient here: the kernel called below autograd skips the op's Python
+        # autograd wrapper (18 of 27 us a call on a [64, 128] batch); arguments as `perturb`
+        # passes them, checked by the kernel
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.ssir_fast.perturb.default(x, g, 1.0 if radii else float(eps), lo, hi,
+                                                       eps if radii else None)
     return perturb(x, g, eps, lo, hi)
