@@ -13,7 +13,8 @@ machine's load hits them alike); each figure is the median over SSIR_BENCH_ROUND
 - vanilla: forward + weighted L1 + backward; exact: `SSIRLoss` (2 steps, Algorithm 1), its
   backward as `res.backward()` (the model's parameters, as the training step; a plain
   `res.loss.backward()` also forms the clean pass's input gradient, timed once more for
-  n_steps=1 + subset=0.25 as `plain_backward`); minimal: that mode's passes written out with
+  n_steps=1 + subset=0.25 as `plain_backward`, and with the step's diagnostics read, which
+  are formed when first read, as `diagnostics_read`); minimal: that mode's passes written out with
   nothing else (uniform draw, no clipping, no diagnostics, no state kept, the subset's own
   BatchNorm statistics): what the hardware charges for the passes, against which `SSIRLoss`'s
   own work shows; naive: the literal transcription; the fast modes: n_steps=1, subset=0.5
@@ -64,6 +65,8 @@ CASES = [("cpu", "mlp"), ("cpu", "cnn"), ("cuda", "resnet50")]
 # input gradient, which nothing reads): what `res.backward()` saves
 PLAIN_MODE = "n_steps=1+subset=0.25"
 PLAIN = "plain_backward"
+# and once more reading the step's diagnostics (formed when first read), as the training CLI does
+READ = "diagnostics_read"
 
 
 HEAP = os.environ.get("SSIR_BENCH_HEAP", "default")
@@ -154,13 +157,15 @@ def test_ssir_step(benchmark, device, name):
             out = model(x)
         weighted_l1(out.float().squeeze(1), y).backward()
 
-    def ssir_step(loss_fn, plain=False):
+    def ssir_step(loss_fn, plain=False, read=False):
         def step():
             model.zero_grad(set_to_none=True)
             with amp:
                 res = loss_fn(model, x, y)
             # res.backward(): the model's parameters only, as the training step's backward
             res.loss.backward() if plain else res.backward()
+            if read:   # the diagnostics, formed when read, as the training CLI reads them
+                return res.similarity, res.perturbation, res.output_change
         return step
 
     def naive():
@@ -196,6 +201,7 @@ def test_ssir_step(benchmark, device, name):
     providers = {mode: ssir_step(SSIRLoss(**common, **kw)) for mode, kw in MODES.items()}
     providers = {"exact": providers.pop("exact"), "vanilla": vanilla, "naive": naive, **providers,
                  PLAIN: ssir_step(SSIRLoss(**common, **MODES[PLAIN_MODE]), plain=True),
+                 READ: ssir_step(SSIRLoss(**common, **MODES[PLAIN_MODE]), read=True),
                  "minimal": minimal}
     b = Bench(benchmark, f"ssir_step/{name}/{device}", device, batch=list(x.shape), model=name,
               heap=HEAP)
@@ -216,10 +222,12 @@ def test_ssir_step(benchmark, device, name):
           f"forward {t_fwd * 1e3:.1f}, input backward {t_in_bwd * 1e3:.1f}, full backward {t_full_bwd * 1e3:.1f} ms")
     print(f"{'mode':24s} {'x vanilla':>9s} {'model':>6s} {'overhead':>8s} {'(fastest)':>9s} "
           f"{'/ floor':>7s}")
-    plain = t[PLAIN] / t["vanilla"]
+    plain, read = t[PLAIN] / t["vanilla"], t[READ] / t["vanilla"]
     low = t["minimal"] / t["vanilla"]
     per_mode.update(plain_backward_over_vanilla=plain,
                     plain_backward_overhead=plain / cost_model(**MODES[PLAIN_MODE]),
+                    diagnostics_read_over_vanilla=read,
+                    diagnostics_read_overhead=read / cost_model(**MODES[PLAIN_MODE]),
                     minimal_over_vanilla=low, minimal_overhead=low / cost_model(**MODES[PLAIN_MODE]),
                     fastest_over_minimal=t[PLAIN_MODE] / t["minimal"])
     for mode in MODES:
@@ -228,6 +236,8 @@ def test_ssir_step(benchmark, device, name):
               f"{per_mode[f'{mode}_over_floor']:7.2f}")
     print(f"{'  the same, loss.backward()':24s} {plain:9.2f} {cost_model(**MODES[PLAIN_MODE]):6.2f} "
           f"{per_mode['plain_backward_overhead']:8.2f}")
+    print(f"{'  the same, diagnostics read':24s} {read:9.2f} {cost_model(**MODES[PLAIN_MODE]):6.2f} "
+          f"{per_mode['diagnostics_read_overhead']:8.2f}")
     print(f"{'  its passes alone':24s} {low:9.2f} {cost_model(**MODES[PLAIN_MODE]):6.2f} "
           f"{per_mode['minimal_overhead']:8.2f}   (SSIRLoss / passes alone: "
           f"{per_mode['fastest_over_minimal']:.3f})")

@@ -50,9 +50,10 @@ import torch
 
 from ._batchnorm import batchnorm_layers, batchnorm_passes
 from ._state import RngSnapshot, scratch_buffers
-from .losses import DISTANCES, _elementwise, distance_per_sample, is_vector, weighted_l1
+from .losses import DISTANCES, _elementwise, distance_per_sample, weighted_l1
 from .ops.perturb import clip_bound
 from .ops._common import require_finite_nonneg, require_positive
+from .ssir_diagnostics import diagnostics
 from .ssir_step import SSIRResult, check_outputs, draw_subset, input_grad, no_donated_buffers, \
     perturb_step, warn_emulated_cpu, widths
 
@@ -219,33 +220,12 @@ class SSIRLoss(torch.nn.Module):
         return self._on(ref.device, (name, ref.dtype),
                         lambda: torch.tensor(value, dtype=ref.dtype, device=ref.device))
 
-    def _similar(self, adv, ref):
-        """(mean |f(x~) - f(x)| / dy, Definition 1 per sample) over the perturbed rows."""
-        if not is_vector(adv):
-            if isinstance(self.delta, tuple) or isinstance(self.bin_width, tuple):
-                self._per_dim("delta", ref)   # per-dimension values need [N, D]: a clear error
-            one = adv.numel() == adv.shape[0]   # one output per row: no per-row mean to take
-
-            def dist(kind):
-                return _elementwise(kind, adv, ref, self.huber_beta) if one else \
-                    self._dist(adv, ref, kind)
-            l1 = dist("l1")
-            d = l1 if self.distance == "l1" else dist(self.distance)
-            return l1.mean() / self.bin_width, d < self.delta
-        dtype = torch.promote_types(torch.promote_types(adv.dtype, ref.dtype), torch.float32)
-        adv, ref = adv.to(dtype), ref.to(dtype)
-        change = ((adv - ref).abs() / self._per_dim("bin_width", ref)).mean()
-        if self.similarity == "euclidean":
-            return change, (adv - ref).norm(dim=1) < self.delta
-        d = _elementwise(self.distance, adv, ref, self.huber_beta)
-        return change, (d < self._per_dim("delta", ref)).all(dim=1)
-
     @contextlib.contextmanager
     def _context(self, buffered, rng, layers, mode, stats):
         """Context for a perturbation pass: BatchNorm run the `mode` way (`ssir_fast._batchnorm`),
         scratch copies of the buffers the pass may write (`buffered`: the model's modules that
         have buffers), replayed RNG."""
-        with batchnorm_passes(layers, mode, stats) as untouched:
+        with _batchnorm_or_none(layers, mode, stats) as untouched:
             if not self.preserve_state:
                 yield
                 return
@@ -288,9 +268,10 @@ class SSIRLoss(torch.nn.Module):
         table = self._on(y.device, "rarity", lambda: self.bin_rarity.to(y.device, torch.float32))
         if getattr(self.bins, "vector", False):   # a grid: one flat bin per row [N, D]
             return table.index_select(0, self.bins.index(y.detach().reshape(n, self.bins.dim)))
-        idx = self.bins.index(y.detach().reshape(n, -1))
-        if idx.shape[1] == 1:   # one label per sample: its bin's rarity
-            return table.index_select(0, idx.reshape(n))
+        y = y.detach() if y.requires_grad else y
+        if y.numel() == n:   # one label per sample: its bin's rarity
+            return table.index_select(0, self.bins.index(y.reshape(n)))
+        idx = self.bins.index(y.reshape(n, -1))
         # a dense label: the mean over its elements, in float64 as the table
         wide = self._on(y.device, "rarity64", lambda: self.bin_rarity.to(y.device))
         return wide[idx].mean(dim=1).float()
@@ -358,7 +339,7 @@ class SSIRLoss(torch.nn.Module):
         # backward with donated buffers refuses: whatever compiles from the clean call to step 1
         # (a new shape recompiles) keeps its buffers. One scope for both: 10 us a scope.
         with no_donated_buffers():
-            with batchnorm_passes(layers, "record" if subset else None, bn_stats):
+            with _batchnorm_or_none(layers, "record" if subset else None, bn_stats):
                 pred, features = call(x_in, None, True)
             check_outputs(x, y, pred, noise, weight, self.validate)
             # The supervised loss in at least float32 with the labels in their own precision: under
@@ -366,6 +347,9 @@ class SSIRLoss(torch.nn.Module):
             acc = torch.promote_types(torch.promote_types(pred.dtype, y.dtype), torch.float32)
             y = y.reshape(pred.shape).to(acc)
             ref = pred.detach().to(torch.promote_types(pred.dtype, torch.float32))
+            for name in ("bin_width", "delta"):   # per-dimension values need [N, D]: said now
+                if isinstance(getattr(self, name), tuple):
+                    self._per_dim(name, ref)
             y_tilde = self._noisy_target(ref, noise)
             supervised = self.base_loss(pred.to(acc), y, weight)
             rng_after = RngSnapshot(x.device) if self.preserve_state else None
@@ -401,26 +385,16 @@ class SSIRLoss(torch.nn.Module):
             rng_after.restore()
         consistency = self._mean_dist(adv, y_t)
         loss = supervised + self.lam * consistency
-        with torch.no_grad():
-            ref_t = ref if index is None else ref.index_select(0, index)
-            change, similar = self._similar(adv, ref_t)
-            similarity = similar.float().mean()
-            n = x.shape[0]
-            xf, xa = (_f32(t if t.dim() == 2 else t.reshape(n, -1)) for t in (x, x_adv))
-            moved = torch.linalg.vector_norm(xa - xf, dim=1)
-            size = torch.linalg.vector_norm(xf, dim=1)
-            # (moved / 0 is inf or NaN in the rows where() does not take)
-            perturbation = torch.where(size > 0, moved / size, moved).mean()
-            radius = (eps.float() if isinstance(eps, torch.Tensor)
-                      else torch.full((n,), eps, device=x.device))
+        # the diagnostics, formed when first read (SSIRResult)
+        adv = adv.detach()
         return SSIRResult(loss=loss, pred=pred, supervised=supervised, consistency=consistency,
-                          similarity=similarity, x_adv=x_adv, target=y_tilde, radius=radius,
-                          perturbation=perturbation, output_change=change,
-                          index=index, features=features,
+                          x_adv=x_adv, target=y_tilde, index=index, features=features,
                           owners=tuple(m for m in (model, self.base_loss)
-                                       if isinstance(m, torch.nn.Module)))
+                                       if isinstance(m, torch.nn.Module)),
+                          diagnose=lambda: diagnostics(self, adv, ref, index, x, x_adv, eps),
+                          reads=(adv, ref, x, x_adv))
 
 
-def _f32(t):
-    """t in float32 (no call where it is already: the diagnostics run every step)."""
-    return t if t.dtype == torch.float32 else t.float()
+def _batchnorm_or_none(layers, mode, stats):
+    """`batchnorm_passes`, or nothing to enter for a model without training-mode BatchNorm."""
+    return batchnorm_passes(layers, mode, stats) if layers else contextlib.nullcontext(set())

@@ -5,7 +5,7 @@ what the clean pass returned, and the warning for bf16 passes on a CPU that emul
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -19,21 +19,63 @@ __all__ = ["SSIRResult", "widths", "no_donated_buffers", "input_grad", "draw_sub
 
 @dataclass
 class SSIRResult:
-    """What one SSIR step computed. `loss` = supervised + lam * consistency."""
+    """What one SSIR step computed. `loss` = supervised + lam * consistency.
+
+    The diagnostics `similarity`, `perturbation`, `output_change` and `radius` are formed when
+    first read (then kept): about fifteen small tensor ops, which on a CPU cost as much as a
+    5 % larger model, and which a loop that never reads them does not pay. They read the step's
+    tensors (the batch rows, x~, f(x~), f(x)) as they were: one changed in place since the step
+    raises instead of giving a wrong value."""
     loss: torch.Tensor
     pred: torch.Tensor          # clean predictions f(x), with graph
     supervised: torch.Tensor    # mean_i w_i D_R(pred_i, y_i)
     consistency: torch.Tensor   # mean_i D(f(x~_i), y~_i)
-    similarity: torch.Tensor    # fraction of samples with D(f(x), f(x~)) < delta (Definition 1)
     x_adv: torch.Tensor         # the perturbed inputs x~ (detached; the subset's rows)
     target: torch.Tensor        # y~ = stopgrad(f(x)) + z (all rows)
-    radius: torch.Tensor        # eps per perturbed sample [k] (float32; eps_i with "auto")
-    perturbation: torch.Tensor  # mean_i ||x~_i - x_i|| / ||x_i||
-    output_change: torch.Tensor  # mean_i mean_j |f(x~)_ij - f(x)_ij| / dy
     index: Optional[torch.Tensor] = None  # rows of the batch in x_adv (subset), None = all
     features: Optional[torch.Tensor] = None  # what the clean call returned next to pred (`call`)
     # the modules whose parameters `backward()` differentiates (the model, a learnable base loss)
     owners: tuple = field(default=(), repr=False)
+    # () -> (similarity, perturbation, output_change, radius), and the tensors it reads
+    diagnose: Optional[Callable] = field(default=None, repr=False, compare=False)
+    reads: tuple = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self):
+        self._versions = tuple(t._version for t in self.reads)
+        self._diagnostics = None
+
+    def _diagnosed(self, k):
+        if self._diagnostics is None:
+            if self.diagnose is None:
+                raise AttributeError("this SSIRResult has no diagnostics")
+            if tuple(t._version for t in self.reads) != self._versions:
+                raise RuntimeError("SSIRResult: a tensor of the step (the batch x, x~, f(x) or "
+                                   "f(x~)) was changed in place after the step, so its "
+                                   "diagnostics can no longer be formed; read them before "
+                                   "changing it")
+            self._diagnostics = self.diagnose()
+            self.diagnose, self.reads = None, ()
+        return self._diagnostics[k]
+
+    @property
+    def similarity(self) -> torch.Tensor:
+        """Fraction of perturbed samples with D(f(x), f(x~)) < delta (Definition 1)."""
+        return self._diagnosed(0)
+
+    @property
+    def perturbation(self) -> torch.Tensor:
+        """mean_i ||x~_i - x_i|| / ||x_i|| (||x~_i - x_i|| where x_i = 0)."""
+        return self._diagnosed(1)
+
+    @property
+    def output_change(self) -> torch.Tensor:
+        """mean_i mean_j |f(x~)_ij - f(x)_ij| / dy_j."""
+        return self._diagnosed(2)
+
+    @property
+    def radius(self) -> torch.Tensor:
+        """eps per perturbed sample [k] (float32; eps_i with epsilon="auto")."""
+        return self._diagnosed(3)
 
     def backward(self, inputs=None):
         """`loss.backward()` for the trained parameters only: `inputs` (default: every parameter
@@ -69,7 +111,7 @@ class no_donated_buffers:
 
     def __enter__(self):
         self.before = False
-        if "torch._dynamo" not in sys.modules:
+        if not _compiler_loaded():
             return self
         import torch._functorch.config as functorch_config   # here: 20 ms of `import ssir_fast`
         self.config, self.before = functorch_config, functorch_config.donated_buffer
@@ -81,6 +123,10 @@ class no_donated_buffers:
         if self.before:
             self.config.donated_buffer = self.before
         return False
+
+
+def _compiler_loaded():
+    return "torch._dynamo" in sys.modules
 
 
 def input_grad(d1, x_in, cotangent=None):

@@ -314,3 +314,14 @@ def test_power_of_two_and_other_widths_keep_the_float64_rule():
     want = np.clip(np.floor(y), 0, 120).astype(np.int64)
     np.testing.assert_array_equal(LabelBins.dir_age().index(y), want)
     np.testing.assert_array_equal(LabelBins.dir_age().index(torch.from_numpy(y)).numpy(), want)
+
+
+@pytest.mark.parametrize("y_min,width", [(0.0, 1.0), (0.0, 2.0), (3.0, 1.0), (-1.5, 0.75)])
+def test_bin_index_equals_the_floor_formula_with_or_without_offset_and_scale(y_min, width):
+    # y - 0 and y / 1 are skipped (no op): the same bins as floor((y - y_min) / width) in float64
+    y = torch.tensor([-0.0, 0.0, 0.9999999, 1.0, 57.5, 99.99, 100.0, -3.2, 1e30, float("inf"),
+                      -float("inf"), 2.9999998, 3.0], dtype=torch.float32)
+    bins = LabelBins(y_min, width, 50)
+    expected = torch.floor((y.double() - y_min) / width).clamp(0, 49).long()
+    assert torch.equal(bins.index(y), expected)
+    assert torch.equal(bins.index(y.double()), expected)

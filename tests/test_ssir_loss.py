@@ -535,6 +535,7 @@ def test_donated_buffer_error_names_the_fix(monkeypatch):
 @pytest.mark.parametrize("before", [True, False])
 def test_no_donated_buffers_sets_and_restores_the_flag(before):
     # inside: off; after the block, even one left by an exception, the caller's value again
+    import torch._dynamo  # noqa: F401  (loaded, as by any torch.compile)
     import torch._functorch.config as functorch_config
     from ssir_fast.ssir_step import no_donated_buffers
     saved = functorch_config.donated_buffer
@@ -568,3 +569,90 @@ def test_bf16_passes_on_a_cpu_without_bf16_kernels_warn_once(native, monkeypatch
     assert len(said) == (0 if native else 1)
     if said:
         assert "perturb_autocast=torch.bfloat16" in str(said[0].message)
+
+
+def test_no_donated_buffers_leaves_the_flag_while_the_compiler_was_never_loaded(monkeypatch):
+    # nothing compiled in the process: nothing to switch off (no config access a step)
+    import sys
+    import torch._functorch.config as functorch_config
+    import ssir_fast.ssir_step as step_module
+    assert step_module._compiler_loaded() == ("torch._dynamo" in sys.modules)
+    monkeypatch.setattr(step_module, "_compiler_loaded", lambda: False)
+    saved = functorch_config.donated_buffer
+    functorch_config.donated_buffer = True
+    try:
+        with step_module.no_donated_buffers():
+            assert functorch_config.donated_buffer is True
+        assert functorch_config.donated_buffer is True
+    finally:
+        functorch_config.donated_buffer = saved
+
+
+@pytest.mark.parametrize("subset", [None, 0.5])
+def test_diagnostics_formed_when_read_equal_eager_ones_after_the_update(subset):
+    # read after backward and an optimiser step, the diagnostics are those of the step (f(x~)
+    # and f(x) as the step computed them, not recomputed with the new weights), and each is
+    # formed once
+    def run(read_before):
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        torch.manual_seed(3)
+        x, y = torch.randn(16, 6, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+        res = SSIRLoss(bin_width=0.5, epsilon=0.3, delta=0.05, subset=subset)(model, x, y)
+        early = (res.similarity, res.perturbation, res.output_change, res.radius) \
+            if read_before else None
+        res.backward()
+        opt.step()
+        late = (res.similarity, res.perturbation, res.output_change, res.radius)
+        return early, late, res
+    early, same, res = run(True)
+    _, late, _ = run(False)
+    for a, b, c in zip(early, same, late):
+        assert a is b                  # formed once, then kept
+        assert torch.equal(a, c)       # read late: the step's values
+    assert res.diagnose is None and res.reads == ()   # nothing held once formed
+
+
+def test_diagnostics_refuse_a_tensor_of_the_step_changed_in_place():
+    # without subset the perturbed rows are the caller's batch itself: changed before the
+    # diagnostics are read, they cannot be formed right, so reading them raises
+    model = mlp()
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    res = SSIRLoss(bin_width=0.5, epsilon=0.3)(model, x, y)
+    x.add_(1.0)
+    with pytest.raises(RuntimeError, match="changed in place after the step"):
+        res.similarity
+
+
+@pytest.mark.parametrize("shape", [(12,), (12, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_step1_gradient_written_out_equals_autograd_through_the_distance(shape, dtype):
+    # the L1 step-1 cotangent sign(f(x) - y~), formed directly, gives bit for bit the input
+    # gradient autograd forms through sum_i |f(x_i) - y~_i| (bf16 outputs: cast as autograd casts)
+    from ssir_fast.losses import distance_per_sample
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 1).to(dtype)
+    x = torch.randn(12, 5, dtype=dtype, requires_grad=True)
+    pred = lin(x).reshape(shape)
+    ref = pred.detach().to(torch.promote_types(dtype, torch.float32))
+    y_tilde = ref + torch.rand_like(ref) - 0.5
+    loss = SSIRLoss(bin_width=1.0)
+    (fast,) = loss._step1_grad(pred, ref, y_tilde, x)
+    (slow,) = torch.autograd.grad(distance_per_sample("l1", pred, y_tilde).sum(), x)
+    assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("width", [1.0, 0.1, 1e-3, 2.5, 1 / 3])
+def test_noise_drawn_in_one_op_equals_the_formula(width):
+    # y~ = f(x) + (2U - 1) dy: drawn with one uniform_ in float32, the same values and the same
+    # generator state after as the formula's rand_like
+    ref = torch.randn(257, 1)
+    loss = SSIRLoss(bin_width=width)
+    torch.manual_seed(11)
+    fast = loss._noisy_target(ref, None)
+    after_fast = torch.get_rng_state()
+    torch.manual_seed(11)
+    slow = ref + (torch.rand_like(ref) * 2 - 1) * width
+    assert torch.equal(fast, slow)
+    assert torch.equal(after_fast, torch.get_rng_state())
+    assert float((fast - ref).abs().max()) <= width

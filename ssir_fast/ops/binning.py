@@ -57,7 +57,12 @@ def raw_bin_index(labels, y_min, bin_width, num_bins):
     rule = decimal_rule(y_min, bin_width, num_bins)
     if isinstance(labels, torch.Tensor):
         if rule is None:
-            return torch.floor((labels.double() - float(y_min)) / float(bin_width))
+            v = labels.double()
+            if y_min != 0:   # (y - 0 and y / 1 are y: no op for them, the common age bins)
+                v = v - float(y_min)
+            if bin_width != 1:
+                v = v / float(bin_width)
+            return torch.floor(v)
         s, k0 = rule
         if labels.dtype in (torch.float32, torch.float16, torch.bfloat16):
             yf = labels.float()
