@@ -86,10 +86,15 @@ def _batch(m, v):
     return F.batch_norm(v, None, None, m.weight, m.bias, True, 0.0, m.eps)
 
 
-@contextlib.contextmanager
 def batchnorm_passes(layers, mode, stats):
     """Run `layers` (from `batchnorm_layers`) the `mode` way ("record", "use", "batch" or None for
-    their own forward) inside the block; yields the set of layers that write no buffer there."""
+    their own forward) inside the block; yields the set of layers that write no buffer there.
+    No layers: nothing to enter (a step of a model without BatchNorm skips the generator)."""
+    return _passes(layers, mode, stats) if layers else contextlib.nullcontext(set())
+
+
+@contextlib.contextmanager
+def _passes(layers, mode, stats):
     handles, replaced = [], []
     for m in layers if mode is not None else ():
         if _own_forward(m) and (mode != "use" or m in stats):

@@ -54,8 +54,8 @@ from .losses import DISTANCES, _elementwise, distance_per_sample, weighted_l1
 from .ops.perturb import clip_bound
 from .ops._common import require_finite_nonneg, require_positive
 from .ssir_diagnostics import diagnostics
-from .ssir_step import SSIRResult, check_outputs, draw_subset, input_grad, no_donated_buffers, \
-    perturb_step, warn_emulated_cpu, widths
+from .ssir_step import SSIRResult, check_inputs, check_outputs, draw_subset, input_grad, \
+    no_donated_buffers, perturb_step, warn_emulated_cpu, widths
 
 __all__ = ["SSIRLoss", "SSIRResult", "scratch_buffers", "draw_subset"]
 
@@ -220,12 +220,19 @@ class SSIRLoss(torch.nn.Module):
         return self._on(ref.device, (name, ref.dtype),
                         lambda: torch.tensor(value, dtype=ref.dtype, device=ref.device))
 
-    @contextlib.contextmanager
     def _context(self, buffered, rng, layers, mode, stats):
         """Context for a perturbation pass: BatchNorm run the `mode` way (`ssir_fast._batchnorm`),
         scratch copies of the buffers the pass may write (`buffered`: the model's modules that
-        have buffers), replayed RNG."""
-        with _batchnorm_or_none(layers, mode, stats) as untouched:
+        have buffers), replayed RNG. A model with neither: the RNG replayed, nothing to enter."""
+        if layers or buffered:
+            return self._state_context(buffered, rng, layers, mode, stats)
+        if self.preserve_state:
+            rng.restore()
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _state_context(self, buffered, rng, layers, mode, stats):
+        with batchnorm_passes(layers, mode, stats) as untouched:
             if not self.preserve_state:
                 yield
                 return
@@ -311,15 +318,7 @@ class SSIRLoss(torch.nn.Module):
         clean pass alone; they come back as `SSIRResult.features`. Nothing in any pass collects
         statistics: the perturbation passes run on scratch buffers (see the module docstring)
         and their features are not returned."""
-        if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
-            raise TypeError(f"x must be a floating-point tensor, got "
-                            f"{getattr(x, 'dtype', type(x).__name__)}")
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
-        if x.dim() < 1 or x.shape[0] == 0:
-            raise ValueError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
-        if call is None and not callable(model):
-            raise TypeError(f"model must be a callable module, got {type(model).__name__}")
+        check_inputs(model, x, y, call)
         lo, hi = self._bounds(x.device)
         x = x.detach()
         rng_before = RngSnapshot(x.device) if self.preserve_state else None
@@ -339,7 +338,7 @@ class SSIRLoss(torch.nn.Module):
         # backward with donated buffers refuses: whatever compiles from the clean call to step 1
         # (a new shape recompiles) keeps its buffers. One scope for both: 10 us a scope.
         with no_donated_buffers():
-            with _batchnorm_or_none(layers, "record" if subset else None, bn_stats):
+            with batchnorm_passes(layers, "record" if subset else None, bn_stats):
                 pred, features = call(x_in, None, True)
             check_outputs(x, y, pred, noise, weight, self.validate)
             # The supervised loss in at least float32 with the labels in their own precision: under
@@ -393,8 +392,3 @@ class SSIRLoss(torch.nn.Module):
                                        if isinstance(m, torch.nn.Module)),
                           diagnose=lambda: diagnostics(self, adv, ref, index, x, x_adv, eps),
                           reads=(adv, ref, x, x_adv))
-
-
-def _batchnorm_or_none(layers, mode, stats):
-    """`batchnorm_passes`, or nothing to enter for a model without training-mode BatchNorm."""
-    return batchnorm_passes(layers, mode, stats) if layers else contextlib.nullcontext(set())

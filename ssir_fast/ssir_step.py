@@ -14,7 +14,7 @@ from .ops._common import require_positive, under_transform, use_kernel
 from .ops.perturb import perturb, perturb_torch
 
 __all__ = ["SSIRResult", "widths", "no_donated_buffers", "input_grad", "draw_subset",
-           "check_outputs", "warn_emulated_cpu", "perturb_step"]
+           "check_inputs", "check_outputs", "warn_emulated_cpu", "perturb_step"]
 
 
 @dataclass
@@ -170,6 +170,19 @@ def draw_subset(rarity, fraction, generator=None, check=True, floor=True):
     # rows, without its validity checks, which read the data back (two device syncs on a GPU)
     q = torch.empty_like(w).exponential_(1, generator=generator)
     return torch.topk(w / q, k).indices.sort().values
+
+
+def check_inputs(model, x, y, call):
+    """The arguments of an SSIR step before any pass runs."""
+    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+        raise TypeError(f"x must be a floating-point tensor, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
+    if call is None and not callable(model):
+        raise TypeError(f"model must be a callable module, got {type(model).__name__}")
 
 
 def check_outputs(x, y, pred, noise, weight, validate):

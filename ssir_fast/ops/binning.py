@@ -10,6 +10,7 @@ bucket_start 7); the reason and the exact conditions are in ssir_fast.imbalance'
 lives here, below the toolkit, because the kernels' fallback uses it: `BinIndexer` in
 csrc/bin_reduce_common.h applies the same tests.
 """
+import functools
 import math
 
 import numpy as np
@@ -32,6 +33,7 @@ def check_num_bins(num_bins, what="num_bins"):
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
+@functools.lru_cache(maxsize=64)   # (a pure function of three numbers, asked every SSIR step)
 def decimal_rule(y_min, bin_width, num_bins):
     """(s, k0) of the decimal bin rule (module docstring) for these bins, or None when the float64
     rule applies. The same float64 tests as `BinIndexer::make` in csrc/bin_reduce_common.h."""
