@@ -24,7 +24,7 @@ Options beyond the paper (each opt-in; the defaults are Algorithm 1):
   consistency term more often. The consistency mean is over the drawn samples.
 - perturb_autocast=torch.bfloat16: steps 2..n (the passes that only find the direction) run under
   autocast in that dtype when the model trains in fp32; the consistency pass stays in the model's
-  precision.
+  precision. On a CPU without matrix kernels for the dtype they stay fp32 (warned once).
 
 Diagnostics returned with every step (over the samples that got the consistency term):
 similarity rate (Definition 1), mean ||x~ - x|| / ||x|| and mean |f(x~) - f(x)| / dy.
@@ -55,7 +55,7 @@ from .ops.perturb import clip_bound
 from .ops._common import require_finite_nonneg, require_positive
 from .ssir_diagnostics import diagnostics
 from .ssir_step import SSIRResult, check_inputs, check_outputs, draw_subset, input_grad, \
-    no_donated_buffers, perturb_step, warn_emulated_cpu, widths
+    no_donated_buffers, perturb_step, cpu_has_kernels, widths
 
 __all__ = ["SSIRLoss", "SSIRResult", "scratch_buffers", "draw_subset"]
 
@@ -176,7 +176,7 @@ class SSIRLoss(torch.nn.Module):
         self.validate = validate
         self._bounds_on = {}
         self._constants_on = {}
-        self._cpu_checked = False   # perturb_autocast on a CPU: warned once if emulated
+        self._cpu_native = None   # perturb_autocast on a CPU: whether it has kernels for it
 
     # The one conversion of clip bounds, shared with ops.perturb: CPU float32 [] or [C].
     _bound = staticmethod(clip_bound)
@@ -297,11 +297,14 @@ class SSIRLoss(torch.nn.Module):
         return eps
 
     def _fast(self, device):
+        """autocast for steps 2..n; none on a CPU without kernels for the dtype (asked once)."""
         if self.perturb_autocast is None:
             return contextlib.nullcontext()
-        if device.type == "cpu" and not self._cpu_checked:
-            self._cpu_checked = True
-            warn_emulated_cpu(self.perturb_autocast)
+        if device.type == "cpu":
+            if self._cpu_native is None:
+                self._cpu_native = cpu_has_kernels(self.perturb_autocast)
+            if not self._cpu_native:
+                return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=self.perturb_autocast)
 
     def forward(self, model, x, y, weight=None, noise=None, rarity=None,

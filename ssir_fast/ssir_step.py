@@ -14,7 +14,7 @@ from .ops._common import require_positive, under_transform, use_kernel
 from .ops.perturb import perturb, perturb_torch
 
 __all__ = ["SSIRResult", "widths", "no_donated_buffers", "input_grad", "draw_subset",
-           "check_inputs", "check_outputs", "warn_emulated_cpu", "perturb_step"]
+           "check_inputs", "check_outputs", "cpu_has_kernels", "perturb_step"]
 
 
 @dataclass
@@ -221,16 +221,18 @@ def _native_cpu_kernels(dtype):
         return True
 
 
-def warn_emulated_cpu(dtype):
-    """perturb_autocast on a CPU without oneDNN kernels for `dtype`: the "fast" passes run
-    emulated and cost several times fp32's (measured 8x on the benchmark MLP on an AVX2 CPU).
-    Said once per loss."""
-    if not _native_cpu_kernels(dtype):
-        warnings.warn(f"SSIRLoss(perturb_autocast={dtype}): this CPU has no native {dtype} "
-                      f"matrix kernels ({torch.backends.cpu.get_cpu_capability()}), so the "
-                      f"perturbation passes run emulated, slower than float32; the option is "
-                      f"meant for GPUs and CPUs with AVX512 (BF16) or AMX", RuntimeWarning,
-                      stacklevel=6)   # the caller of SSIRLoss(...)(model, x, y)
+def cpu_has_kernels(dtype):
+    """Whether this CPU runs `dtype` matrix products natively (perturb_autocast's passes). Where
+    it does not, they would run emulated at several times the cost of float32 (measured 8x on the
+    benchmark MLP on an AVX2 CPU): SSIRLoss keeps its passes in float32 there and says so once."""
+    if _native_cpu_kernels(dtype):
+        return True
+    warnings.warn(f"SSIRLoss(perturb_autocast={dtype}): this CPU has no native {dtype} matrix "
+                  f"kernels ({torch.backends.cpu.get_cpu_capability()}); emulated, the "
+                  f"perturbation passes would be slower than float32, so they run in float32 "
+                  f"here. The option speeds up GPUs and CPUs with AVX512 (BF16) or AMX",
+                  RuntimeWarning, stacklevel=6)   # the caller of SSIRLoss(...)(model, x, y)
+    return False
 
 
 def perturb_step(x, g, eps, lo, hi):

@@ -395,9 +395,12 @@ def test_subset_rarity_is_inverse_bin_count():
         assert 2 not in draw_subset(torch.tensor([1.0, 1.0, 0.0, 1.0]), 0.75, gen).tolist()
 
 
-def test_bf16_perturbation_passes_with_fp32_model():
+def test_bf16_perturbation_passes_with_fp32_model(monkeypatch):
     # Steps 2..n under bf16 autocast: the direction is close to fp32's, x~ stays fp32 and within
-    # eps, and the consistency pass (which trains the model) is fp32.
+    # eps, and the consistency pass (which trains the model) is fp32. (bf16 passes whatever the
+    # CPU: without native kernels they would otherwise stay fp32.)
+    import ssir_fast.ssir_step as step_module
+    monkeypatch.setattr(step_module, "_native_cpu_kernels", lambda dtype: True)
     model = SmallCNN().train()
     x, y = torch.randn(6, 3, 8, 8), torch.randn(6)
     noise = torch.rand(6, 1) * 2 - 1
@@ -553,22 +556,31 @@ def test_no_donated_buffers_sets_and_restores_the_flag(before):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_bf16_passes_on_a_cpu_without_bf16_kernels_warn_once(native, monkeypatch):
-    # emulated bf16 matrix kernels make the "fast" passes slower than fp32: said once per loss,
-    # nothing said where the CPU has them
+def test_bf16_passes_on_a_cpu_without_bf16_kernels_stay_fp32(native, monkeypatch):
+    # emulated bf16 matrix kernels would make the "fast" passes slower than fp32: there they run
+    # in fp32 (exactly the fp32 step), said once per loss; nothing said where the CPU has them
     import warnings
     import ssir_fast.ssir_step as step_module
     monkeypatch.setattr(step_module, "_native_cpu_kernels", lambda dtype: native)
-    loss_fn = SSIRLoss(epsilon=0.1, perturb_autocast=torch.bfloat16)
+    dtypes = []
     model, x, y = nn.Linear(3, 1), torch.randn(4, 3), torch.randn(4)
+    model.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    loss_fn = SSIRLoss(epsilon=0.1, perturb_autocast=torch.bfloat16)
+    noise = torch.rand(4, 1) - 0.5
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        loss_fn(model, x, y)
-        loss_fn(model, x, y)
+        fast = loss_fn(model, x, y, noise=noise)
+        loss_fn(model, x, y, noise=noise)
     said = [w for w in seen if "no native" in str(w.message)]
     assert len(said) == (0 if native else 1)
-    if said:
+    # the passes: clean, step 2 (the autocast one), consistency
+    assert dtypes[:3] == [torch.float32, torch.bfloat16 if native else torch.float32,
+                          torch.float32]
+    if not native:
         assert "perturb_autocast=torch.bfloat16" in str(said[0].message)
+        assert "run in float32 here" in str(said[0].message)
+        exact = SSIRLoss(epsilon=0.1)(model, x, y, noise=noise)
+        assert torch.equal(fast.x_adv, exact.x_adv) and torch.equal(fast.loss, exact.loss)
 
 
 def test_no_donated_buffers_leaves_the_flag_while_the_compiler_was_never_loaded(monkeypatch):
