@@ -244,11 +244,12 @@ class SSIRLoss(torch.nn.Module):
                 yield
 
     def _noisy_target(self, ref, noise):
-        """y~ = ref + z: z given (`noise`), drawn from U(-dy, dy) (target="noisy") or 0."""
-        if noise is not None:
-            return ref + noise.to(device=ref.device, dtype=ref.dtype)
+        """y~ = ref + z with target="noisy": z given (`noise`) or drawn from U(-dy, dy); y~ = ref
+        with target="clean" (a given noise is not used)."""
         if self.target != "noisy":
             return ref
+        if noise is not None:
+            return ref + noise.to(device=ref.device, dtype=ref.dtype)
         width = self._per_dim("bin_width", ref)
         if isinstance(width, float) and ref.dtype == torch.float32:
             # one op for (U * 2 - 1) * dy: the same draws and, in float32, the same values (the

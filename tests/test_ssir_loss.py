@@ -668,3 +668,13 @@ def test_noise_drawn_in_one_op_equals_the_formula(width):
     assert torch.equal(fast, slow)
     assert torch.equal(after_fast, torch.get_rng_state())
     assert float((fast - ref).abs().max()) <= width
+
+
+def test_clean_target_ignores_a_given_noise():
+    # target="clean" (Eq. 13): y~ = f(x) whatever noise is passed
+    model, x, y = mlp(), torch.randn(6, 6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    noise = torch.full((6, 1), 0.25, dtype=torch.float64)
+    res = SSIRLoss(bin_width=0.5, epsilon=0.3, target="clean")(model, x, y, noise=noise)
+    assert torch.equal(res.target, res.pred.detach())
+    noisy = SSIRLoss(bin_width=0.5, epsilon=0.3)(model, x, y, noise=noise)
+    assert torch.equal(noisy.target, noisy.pred.detach() + noise)
