@@ -26,8 +26,9 @@ Options beyond the paper (each opt-in; the defaults are Algorithm 1):
   autocast in that dtype when the model trains in fp32; the consistency pass stays in the model's
   precision. On a CPU without matrix kernels for the dtype they stay fp32 (warned once).
 
-Diagnostics returned with every step (over the samples that got the consistency term):
-similarity rate (Definition 1), mean ||x~ - x|| / ||x|| and mean |f(x~) - f(x)| / dy.
+Diagnostics returned with every step, formed when first read (over the samples that got the
+consistency term): similarity rate (Definition 1), mean ||x~ - x|| / ||x|| and mean
+|f(x~) - f(x)| / dy (`ssir_fast.ssir_diagnostics`).
 
 Vector targets (outputs [N, D], D > 1): D(a, b) is the mean over the D outputs, `bin_width` (and
 `delta`) may be one width per dimension, and z_ij ~ U(-dy_j, dy_j) per dimension. A pair is
